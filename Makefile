@@ -1,0 +1,26 @@
+# Set-up and entry points. The README's two commands are `make repro` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test repro bench clean-venv
+
+setup: $(STAMP)
+
+# Re-install only when the pins or the project metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet --constraint requirements.lock --requirement requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --constraint requirements.lock --no-deps --editable '.[test]'
+	$(VENV)/bin/python -m pip check
+	touch $(STAMP)
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+repro: setup
+	$(VENV)/bin/dvc repro
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The SegPIC codec: layers, region-adaptive transform, checkpoints, bitstreams, training and evaluation."""
