@@ -19,8 +19,9 @@ $(STAMP): requirements.lock pyproject.toml
 test: setup
 	$(VENV)/bin/python -m pytest
 
+# Stages call `segpic`, so the environment's bin folder goes first on PATH.
 repro: setup
-	$(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,6 +3,11 @@
 import typer
 
 from pipeline.cli import about
+from pipeline.cli import codec
+from pipeline.cli import ingest
+from pipeline.cli import evaluate
+from pipeline.cli import train
+from pipeline.cli import verify
 
 app = typer.Typer(
     name="segpic",
@@ -11,6 +16,13 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("version")(about.version)
+app.command("train")(train.train)
+app.command("compress")(codec.compress)
+app.command("decompress")(codec.decompress)
+app.command("ingest")(ingest.ingest)
+app.command("verify")(verify.verify)
+app.command("eval")(evaluate.eval_command)
+app.command("compare")(evaluate.compare_command)
 
 
 @app.callback()

@@ -1,0 +1,290 @@
+"""SegPIC's fast kernels against the plain formulas of `model.plain`, measured in one run.
+
+Prints, for each item, the plain and the fast figure and their ratio next to the target:
+- DPSConv forward+backward time at the 1/4-scale training shape (2, 192, 64, 64), and its
+  peak extra memory: the rise of the process's peak resident set (VmHWM, reset through
+  /proc/self/clear_refs) above the resident set once the inputs exist, measured in a fresh
+  subprocess per variant with glibc's mmap threshold fixed at 64 KiB so that freed tensors
+  leave the resident set at once instead of lingering in malloc's heap;
+- masked average pooling forward+backward at 64 regions, batch 8, features (192, 64, 64),
+  and prototype expansion the same way;
+- one full training step of the published-size model (N=192, M=320) at 256×256, batch 2,
+  with SLIC label maps of real photographs, plain kernels patched into `model.rat`;
+- compress + decompress of a 768×512 image (Kodak kodim01 when present, else a sample
+  photograph) with random weights after `update()`, plain = plain kernels + the published
+  list-based y coder patched into `model.entropy_coding`.
+Run: `.venv/bin/python benchmarks/bench_model.py` (single-threaded torch, so ratios hold on a busy machine).
+"""
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage.segmentation import slic
+
+from model import entropy_coding, plain, rat
+from model.architectures import build_model
+from pipeline.sample import sample_photo_paths
+
+KODAK_IMAGE = Path("/work/shared/datasets/kodak/kodim01.png")
+DPS_SHAPE = (2, 192, 64, 64)
+POOL_SHAPE, POOL_REGIONS = (8, 192, 64, 64), 64
+TRAIN_BATCH, TRAIN_SIZE, TRAIN_LAMBDA = 2, 256, 0.0130
+FIXED_MMAP_THRESHOLD = "65536"
+KERNEL_NAMES = ("dps_conv", "masked_average_pool", "expand_prototypes")
+CODER_NAMES = ("build_indexes", "encode_symbols", "decode_symbols")
+
+
+@contextlib.contextmanager
+def plain_kernels(with_coder: bool = False) -> Iterator[None]:
+    """Swap the plain formulas into `model.rat` (and the published y coder into entropy coding)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.multiple(rat, **{name: getattr(plain, name) for name in KERNEL_NAMES}))
+        if with_coder:
+            stack.enter_context(
+                mock.patch.multiple(entropy_coding, **{name: getattr(plain, name) for name in CODER_NAMES})
+            )
+            stack.enter_context(
+                mock.patch.object(entropy_coding.ChannelAutoregressiveCodec, "rans_tables", plain.rans_tables)
+            )
+        yield
+
+
+def best_time(action: Callable[[], object], repeats: int) -> float:
+    """Fastest of `repeats` runs, in seconds (the least disturbed by other processes)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def dps_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    batch, channels, height, width = DPS_SHAPE
+    u = torch.randn(DPS_SHAPE, generator=generator, requires_grad=True)
+    kernels = torch.randn(batch, channels, 9, height, width, generator=generator, requires_grad=True)
+    return u, kernels, torch.randn(DPS_SHAPE, generator=generator)
+
+
+def dps_step(dps_conv: Callable, u: torch.Tensor, kernels: torch.Tensor, grad: torch.Tensor) -> None:
+    u.grad = kernels.grad = None
+    dps_conv(u, kernels, 3).backward(grad)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def probe_dps_memory(variant: str) -> int:
+    """Peak extra bytes of one DPSConv forward+backward in this process (run in a child)."""
+    torch.set_num_threads(1)
+    u, kernels, grad = dps_inputs()
+    dps_conv = plain.dps_conv if variant == "plain" else rat.dps_conv
+    before = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    dps_step(dps_conv, u, kernels, grad)
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def dps_extra_memory(variant: str) -> int:
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": FIXED_MMAP_THRESHOLD}
+    result = subprocess.run(
+        [sys.executable, __file__, "--probe-dps-memory", variant],
+        env=environment, capture_output=True, text=True, check=True,
+    )
+    return int(result.stdout.split()[-1])
+
+
+def pooling_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    batch, _, height, width = POOL_SHAPE
+    features = torch.randn(POOL_SHAPE, generator=generator, requires_grad=True)
+    return features, torch.randint(0, POOL_REGIONS, (batch, height, width), generator=generator)
+
+
+def pool_step(module, features: torch.Tensor, labels: torch.Tensor) -> None:
+    features.grad = None
+    prototypes, _ = module.masked_average_pool(features, labels)
+    prototypes.sum().backward()
+
+
+def expand_step(module, table: torch.Tensor, counts: torch.Tensor, labels: torch.Tensor) -> None:
+    table.grad = None
+    module.expand_prototypes(table, counts, labels).sum().backward()
+
+
+def photo_batch(size: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre crops of sample photographs and SLIC label maps of them (about 64 regions)."""
+    images, label_maps = [], []
+    for path in sample_photo_paths()[:count]:
+        photo = Image.open(path).convert("RGB")
+        side = min(photo.size)
+        left, top = (photo.width - side) // 2, (photo.height - side) // 2
+        pixels = np.asarray(photo.crop((left, top, left + side, top + side)).resize((size, size)))
+        images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255)
+        label_maps.append(torch.from_numpy(slic(pixels, n_segments=64, start_label=0).astype(np.int64)))
+    return torch.stack(images), torch.stack(label_maps)
+
+
+def training_step_time(use_plain: bool, repeats: int) -> float:
+    """Seconds for forward, loss, backward, clipping and both optimiser steps (spec §5)."""
+    torch.manual_seed(2)
+    model = build_model("segpic").train()
+    main_parameters = [p for name, p in model.named_parameters() if not name.endswith(".quantiles")]
+    aux_parameters = [p for name, p in model.named_parameters() if name.endswith(".quantiles")]
+    optimizer = torch.optim.Adam(main_parameters, lr=1e-4)
+    aux_optimizer = torch.optim.Adam(aux_parameters, lr=1e-3)
+    x, masks = photo_batch(TRAIN_SIZE, TRAIN_BATCH)
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+
+    def step() -> None:
+        optimizer.zero_grad()
+        aux_optimizer.zero_grad()
+        output = model(x, masks)
+        bpp = sum(torch.log(lik).sum() for lik in output["likelihoods"].values()) / (-np.log(2) * pixels)
+        loss = TRAIN_LAMBDA * 255**2 * F.mse_loss(output["x_hat"], x) + bpp
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(main_parameters, 1.0)
+        optimizer.step()
+        model.aux_loss().backward()
+        aux_optimizer.step()
+
+    with plain_kernels() if use_plain else contextlib.nullcontext():
+        step()  # warm-up: allocator and Adam state
+        return best_time(step, repeats)
+
+
+def codec_image() -> tuple[torch.Tensor, str]:
+    path = KODAK_IMAGE if KODAK_IMAGE.is_file() else sample_photo_paths()[0]
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    height, width = pixels.shape[0] // 64 * 64, pixels.shape[1] // 64 * 64
+    image = torch.from_numpy(pixels[:height, :width].copy()).permute(2, 0, 1)[None].float() / 255
+    return image, f"{path.name} {width}x{height}"
+
+
+@contextlib.contextmanager
+def stopwatch(targets: list[tuple[object, str]]) -> Iterator[list[float]]:
+    """Accumulate, in the yielded one-element list, the seconds spent inside the named functions."""
+    total = [0.0]
+
+    def timed(function: Callable) -> Callable:
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                total[0] += time.perf_counter() - start
+
+        return run
+
+    with contextlib.ExitStack() as stack:
+        for owner, name in targets:
+            stack.enter_context(mock.patch.object(owner, name, timed(getattr(owner, name))))
+        yield total
+
+
+def codec_time(model, image: torch.Tensor, use_plain: bool) -> tuple[float, float, list]:
+    """Seconds for compress + decompress, seconds of it inside the swapped functions, the streams."""
+    swapped = [(rat, "dps_conv"), (entropy_coding.ChannelAutoregressiveCodec, "rans_tables")]
+    swapped += [(entropy_coding, name) for name in CODER_NAMES]
+    variant = plain_kernels(with_coder=True) if use_plain else contextlib.nullcontext()
+    with variant, stopwatch(swapped) as inside:
+        start = time.perf_counter()
+        compressed = model.compress(image)
+        model.decompress(compressed["strings"], compressed["shape"])
+        return time.perf_counter() - start, inside[0], compressed["strings"]
+
+
+def report(name: str, plain_value: float, fast_value: float, unit: str, target: str) -> None:
+    ratio = plain_value / fast_value
+    print(
+        f"{name:<45} plain {plain_value:10.4f} {unit:<3} fast {fast_value:10.4f} {unit:<3} "
+        f"ratio {ratio:7.2f}x  (target {target})"
+    )
+
+
+def bench_dps_conv() -> None:
+    u, kernels, grad = dps_inputs()
+    report(
+        "DPSConv fwd+bwd time (2,192,64,64)",
+        best_time(lambda: dps_step(plain.dps_conv, u, kernels, grad), 3),
+        best_time(lambda: dps_step(rat.dps_conv, u, kernels, grad), 5),
+        "s", ">=4x",
+    )
+    report(
+        "DPSConv fwd+bwd peak extra memory",
+        dps_extra_memory("plain") / 2**20, dps_extra_memory("fast") / 2**20, "MiB", "plain/fast >=3x",
+    )
+
+
+def bench_pooling() -> None:
+    features, labels = pooling_inputs()
+    report(
+        "pooling fwd+bwd, 64 regions, batch 8",
+        best_time(lambda: pool_step(plain, features, labels), 1),
+        best_time(lambda: pool_step(rat, features, labels), 5),
+        "s", ">=30x",
+    )
+    prototypes, counts = rat.masked_average_pool(features.detach(), labels)
+    table = prototypes.requires_grad_()
+    report(
+        "expansion fwd+bwd, 64 regions, batch 8",
+        best_time(lambda: expand_step(plain, table, counts, labels), 1),
+        best_time(lambda: expand_step(rat, table, counts, labels), 5),
+        "s", "-",
+    )
+
+
+def bench_training_step() -> None:
+    report(
+        "training step, N=192 M=320, 256x256 batch 2",
+        training_step_time(use_plain=True, repeats=2),
+        training_step_time(use_plain=False, repeats=2),
+        "s", ">=1.3x",
+    )
+
+
+def bench_codec() -> None:
+    torch.manual_seed(3)
+    model = build_model("segpic").eval()
+    model.update()
+    image, description = codec_image()
+    codec_time(model, image, use_plain=False)  # warm-up
+    plain_runs = [codec_time(model, image, use_plain=True) for _ in range(2)]
+    fast_runs = [codec_time(model, image, use_plain=False) for _ in range(2)]
+    for column, name, target in ((0, f"encode+decode {description}", ">=2x"), (1, "  of it in DPSConv + y coder", "-")):
+        report(name, min(run[column] for run in plain_runs), min(run[column] for run in fast_runs), "s", target)
+    print(f"identical streams from plain and fast coding: {plain_runs[0][2] == fast_runs[0][2]}")
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    bench_dps_conv()
+    bench_pooling()
+    bench_training_step()
+    bench_codec()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probe-dps-memory", choices=("plain", "fast"), help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.probe_dps_memory:
+        print(probe_dps_memory(arguments.probe_dps_memory))
+    else:
+        main()

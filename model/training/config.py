@@ -1,0 +1,156 @@
+"""Training configuration: one frozen dataclass, its presets and the partition option.
+
+Everything a run depends on lives here, so a checkpoint can record it and a resumed
+run can refuse a configuration that would silently change the experiment.
+"""
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+PARTITION_GRID = "grid"
+PARTITION_MASKS_PREFIX = "masks:"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Where training prototypes come from: the model's g×g grid, or label maps in mask shards."""
+
+    masks_dir: Path | None = None
+
+    @property
+    def uses_masks(self) -> bool:
+        return self.masks_dir is not None
+
+    def __str__(self) -> str:
+        return PARTITION_GRID if self.masks_dir is None else f"{PARTITION_MASKS_PREFIX}{self.masks_dir}"
+
+
+def parse_partition(text: str, masks_root: Path | None = None) -> Partition:
+    """Read `grid`, `masks:DIR`, or (given `masks_root`) a mask source name meaning `masks_root/NAME`."""
+    if text == PARTITION_GRID:
+        return Partition()
+    if text.startswith(PARTITION_MASKS_PREFIX) and len(text) > len(PARTITION_MASKS_PREFIX):
+        return Partition(Path(text[len(PARTITION_MASKS_PREFIX) :]))
+    if masks_root is not None and text and "/" not in text and ":" not in text:
+        return Partition(masks_root / text)
+    raise ValueError(f"partition must be 'grid', 'masks:DIR' or (with a masks root) a mask source name, got {text!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Sizes default to the published setting (§5 of the architecture spec)."""
+
+    images: Path
+    out: Path
+    partition: Partition = field(default_factory=Partition)
+    arch: str = "segpic"
+    N: int = 192
+    M: int = 320
+    lmbda: float = 0.0130
+    crop: int = 256
+    batch_size: int = 8
+    steps: int = 1_000_000
+    lr: float = 1e-4
+    aux_lr: float = 1e-3
+    clip_norm: float = 1.0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 10
+    grid: int = 4
+    seed: int = 0
+    num_workers: int = 4
+    decoded_cache_mb: int = 1024
+    val_images: Path | None = None
+    val_masks: Path | None = None
+    val_count: int = 1
+    val_every: int = 5000
+    checkpoint_every: int = 5000
+    log_every: int = 100
+    max_nonfinite: int = 10
+    resume: bool = False
+    nproc: int = 1
+    device: str = "auto"
+    bf16: bool = False
+    threads: int | None = None
+    live_dir: Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crop <= 0 or self.crop % 64:
+            raise ValueError(f"crop must be a positive multiple of 64 (the model's padding unit), got {self.crop}")
+        for name in ("batch_size", "steps", "val_every", "checkpoint_every", "log_every", "max_nonfinite", "nproc"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if min(self.num_workers, self.val_count, self.decoded_cache_mb) < 0:
+            raise ValueError("num_workers, val_count and decoded_cache_mb must not be negative")
+        if self.val_masks is not None and self.val_images is None:
+            raise ValueError("val_masks needs val_images")
+        if self.val_images is not None and self.partition.uses_masks and self.val_masks is None:
+            raise ValueError("training with masks and separate val_images needs val_masks too")
+        if self.lmbda < 0:
+            raise ValueError(f"lmbda must not be negative, got {self.lmbda}")
+
+    @property
+    def model_args(self) -> dict[str, int]:
+        """Arguments of `build_model`, saved in every checkpoint to rebuild the network."""
+        return {"N": self.N, "M": self.M}
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.json"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.live_dir if self.live_dir is not None else self.out / "live"
+
+    def record(self) -> dict[str, Any]:
+        """Every setting as JSON-safe values (paths and the partition as text), for metrics files."""
+        return {
+            item.name: str(value) if isinstance(value, (Path, Partition)) else value
+            for item in fields(self)
+            for value in [getattr(self, item.name)]
+        }
+
+    def experiment(self) -> dict[str, Any]:
+        """The settings that define the experiment; a resumed run must agree on all of them."""
+        keys = ("arch", "N", "M", "lmbda", "crop", "batch_size", "grid", "seed", "val_count", "nproc")
+        record: dict[str, Any] = {key: getattr(self, key) for key in keys}
+        record["partition"] = "masks" if self.partition.uses_masks else PARTITION_GRID
+        return record
+
+
+# Presets are starting points; explicit options override them field by field.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": {
+        "N": 24,
+        "M": 40,
+        "crop": 64,
+        "batch_size": 4,
+        "steps": 150,
+        "lr": 1e-3,
+        "num_workers": 0,
+        "val_every": 50,
+        "checkpoint_every": 50,
+        "log_every": 10,
+        "plateau_patience": 2,
+        # One thread: on a shared 2-core machine two intra-op threads spin and run ~5x slower.
+        "threads": 1,
+    },
+}
+
+
+def preset_config(preset: str, images: Path, out: Path, **overrides: Any) -> TrainConfig:
+    """Config of a named preset with `overrides` applied (None values mean "keep the preset's")."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    known = {item.name for item in fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
+    chosen = {key: value for key, value in overrides.items() if value is not None}
+    return replace(TrainConfig(images=images, out=out), **{**PRESETS[preset], **chosen})

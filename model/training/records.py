@@ -1,0 +1,131 @@
+"""Random access to image shards and their aligned mask shards.
+
+Mask shards align one-to-one with image shards (same file names, same row order, same
+`id`); `index_records` checks that once, up front, so a misaligned pair fails with the
+file and record named instead of training on the wrong masks. Rows are then read by
+(shard, row group, row) from any worker process.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.shards import IMAGE_KIND, MASK_KIND, list_shards, shard_kind
+
+ID_COLUMN = "id"
+IMAGE_COLUMN = "image"
+MASK_COLUMN = "mask"
+ROW_GROUPS_IN_MEMORY = 4
+"""Row groups each reader keeps decoded; the sampler shuffles within windows of this many."""
+
+
+@dataclass(frozen=True)
+class RowRef:
+    """One row of one shard, addressed the way Parquet reads it: by row group."""
+
+    shard: Path
+    row_group: int
+    row: int
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """An image and, when training with masks, its label map."""
+
+    id: str
+    image: RowRef
+    label_map: RowRef | None
+
+
+def _shard_rows(shard: Path) -> tuple[list[str], list[tuple[int, int]]]:
+    """Ids of a shard and the (row group, row) of each, in file order."""
+    parquet = pq.ParquetFile(shard)
+    ids = parquet.read(columns=[ID_COLUMN]).column(ID_COLUMN).to_pylist()
+    places = [
+        (group, row)
+        for group in range(parquet.num_row_groups)
+        for row in range(parquet.metadata.row_group(group).num_rows)
+    ]
+    return ids, places
+
+
+def _shard_files(directory: Path, kind: str) -> list[Path]:
+    """The complete shard set of `directory`, refusing shards of the other kind (e.g. swapped options)."""
+    shards = list_shards(directory)
+    for shard in shards:
+        if shard_kind(shard) != kind:
+            raise ValueError(f"{shard}: expected {kind} shards, found {shard_kind(shard)}")
+    return shards
+
+
+def index_records(images_dir: Path, masks_dir: Path | None = None) -> list[TrainingRecord]:
+    """Every record of the image shards, paired with its mask row; raises ValueError on misalignment."""
+    image_shards = _shard_files(images_dir, IMAGE_KIND)
+    mask_shards = _shard_files(masks_dir, MASK_KIND) if masks_dir is not None else None
+    if mask_shards is not None and [s.name for s in mask_shards] != [s.name for s in image_shards]:
+        raise ValueError(
+            f"mask shards in {masks_dir} do not match the image shards in {images_dir}: "
+            f"{[s.name for s in mask_shards]} vs {[s.name for s in image_shards]}"
+        )
+    records: list[TrainingRecord] = []
+    for position, image_shard in enumerate(image_shards):
+        ids, image_places = _shard_rows(image_shard)
+        mask_refs: list[RowRef | None] = [None] * len(ids)
+        if mask_shards is not None:
+            mask_shard = mask_shards[position]
+            mask_ids, mask_places = _shard_rows(mask_shard)
+            _check_aligned(image_shard, ids, mask_shard, mask_ids)
+            mask_refs = [RowRef(mask_shard, *place) for place in mask_places]
+        records.extend(
+            TrainingRecord(record_id, RowRef(image_shard, *place), mask_ref)
+            for record_id, place, mask_ref in zip(ids, image_places, mask_refs)
+        )
+    return records
+
+
+def _check_aligned(image_shard: Path, ids: list[str], mask_shard: Path, mask_ids: list[str]) -> None:
+    if mask_ids == ids:
+        return
+    row = next((i for i, (a, b) in enumerate(zip(ids, mask_ids)) if a != b), min(len(ids), len(mask_ids)))
+    image_id = ids[row] if row < len(ids) else None
+    mask_id = mask_ids[row] if row < len(mask_ids) else None
+    raise ValueError(
+        f"mask shard {mask_shard} is not aligned with image shard {image_shard}: "
+        f"row {row} has mask id {mask_id!r} but image id {image_id!r}"
+    )
+
+
+class RowReader:
+    """Reads one encoded image (struct column's `bytes`) at a time, keeping a few row groups decoded.
+
+    Each worker process holds its own reader; Parquet's unit of reading is the row group,
+    so the last `cache_size` row groups read stay in memory.
+    """
+
+    def __init__(self, column: str, cache_size: int = ROW_GROUPS_IN_MEMORY) -> None:
+        self.column = column
+        self.cache_size = cache_size
+        self._groups: OrderedDict[tuple[Path, int], pa.Array] = OrderedDict()
+
+    def read_bytes(self, ref: RowRef) -> bytes:
+        key = (ref.shard, ref.row_group)
+        group = self._groups.get(key)
+        if group is None:
+            table = pq.ParquetFile(ref.shard).read_row_group(ref.row_group, columns=[self.column])
+            group = table.column(self.column).combine_chunks().field("bytes")
+            self._groups[key] = group
+            if len(self._groups) > self.cache_size:
+                self._groups.popitem(last=False)
+        else:
+            self._groups.move_to_end(key)
+        value = group[ref.row].as_py()
+        if value is None:
+            raise ValueError(f"{ref.shard} row group {ref.row_group} row {ref.row}: no {self.column} bytes")
+        return value
+
+    def __getstate__(self) -> dict:
+        # Workers start with an empty cache instead of pickling decoded row groups.
+        return {"column": self.column, "cache_size": self.cache_size, "_groups": OrderedDict()}

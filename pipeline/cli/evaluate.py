@@ -1,0 +1,53 @@
+"""`segpic eval` (checkpoints on an image set -> results JSON) and `segpic compare` (BD-rate table and RD plot)."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from model.compare import CompareConfig, run_comparison
+from model.evaluation.run import EvalConfig, evaluate
+from pipeline.cli.errors import exit_on_user_error
+
+
+def _stderr(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def eval_command(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints, one RD point each (ours or published).")],
+    images: Annotated[Path, typer.Option(help="Folder of image files (PNG, JPEG, ...) or of image shards.")],
+    out: Annotated[Path, typer.Option(help="Results JSON to write (CompressAI eval_model layout + per-image rows).")],
+    name: Annotated[str | None, typer.Option(help="Curve name in the results (default: OUT's stem).")] = None,
+    entropy_estimation: Annotated[
+        bool, typer.Option("--entropy-estimation", help="Rate from likelihoods in a forward pass, no bitstreams.")
+    ] = False,
+    reconstructions: Annotated[Path | None, typer.Option(help="Write decoded images as PNG under DIR/<checkpoint>/.")] = None,
+    bitstreams: Annotated[Path | None, typer.Option(help="Keep the .segpic files under DIR/<checkpoint>/.")] = None,
+    grid: Annotated[int, typer.Option(help="Prototype grid g (g×g regions) at test time.")] = 4,
+    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Compress and decompress every image with every checkpoint; print the averaged RD points."""
+    config = EvalConfig(tuple(checkpoints), images, out, name, entropy_estimation, reconstructions, bitstreams, grid, device)
+    with exit_on_user_error():
+        document = evaluate(config, progress=_stderr)
+    results = document["results"]
+    for index, entry in enumerate(document["checkpoints"]):
+        typer.echo(
+            f"{entry['label']}: {results['bpp'][index]:.4f} bpp, {results['psnr-rgb'][index]:.2f} dB PSNR "
+            f"(enc {results['encoding_time'][index]:.2f} s, dec {results['decoding_time'][index]:.2f} s)"
+        )
+    typer.echo(f"wrote {out}")
+
+
+def compare_command(
+    results: Annotated[list[str], typer.Argument(help="Results JSON files and/or reference curves (ref:segpic, ref:wacnn).")],
+    anchor: Annotated[str, typer.Option(help="Curve everything is compared with: a results `name` or ref:<key>.")],
+    out: Annotated[Path, typer.Option(help="Folder for bdrate.json, bdrate.md, rd.png and rd_points.csv.")],
+    method: Annotated[str, typer.Option(help="Bjøntegaard interpolation: cubic (VCEG-M33) or pchip.")] = "cubic",
+) -> None:
+    """BD-rate of each curve against the anchor (PSNR and MS-SSIM), as a table and an RD plot."""
+    with exit_on_user_error():
+        outputs = run_comparison(CompareConfig(tuple(results), anchor, out, method))
+    typer.echo(outputs.table_markdown.read_text(encoding="utf-8"))
+    typer.echo(f"wrote {outputs.table_json}, {outputs.table_markdown}, {outputs.plot}, {outputs.points}")

@@ -1,0 +1,127 @@
+"""Decode and validate one encoded image before it enters a shard.
+
+The rule, applied in this order:
+1. Bytes PIL cannot identify, or that fail to decode completely (truncated, corrupt),
+   are rejected (`corrupt`).
+2. Images with more than `max_pixels` pixels are rejected (`too-large`) from their
+   header alone, before any decoding: a decompression bomb never gets allocated.
+3. Images whose shorter side is under `min_side` pixels are rejected (`too-small`):
+   the codec downsamples by 64.
+4. Modes every reader turns into RGB exactly with `convert("RGB")` (RGB, grayscale `L`,
+   bilevel `1`, palette `P` without transparency) with no EXIF rotation keep their
+   **original encoded bytes**.
+5. Everything else is fixed and re-encoded losslessly as an RGB PNG, and the fix is
+   named (the manifest records it): EXIF orientation is applied to the pixels
+   (`exif-rotation`); CMYK and YCbCr/LAB are converted to RGB (`colour-mode`); 16/32-bit
+   integer pixels are scaled to 8 bits (`16-bit`); alpha is composited over white
+   (`alpha`). Floating-point and other exotic modes are rejected (`unsupported-mode`).
+"""
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own bomb threshold (twice MAX_IMAGE_PIXELS)
+DEFAULT_MIN_SIDE = 64
+EXIF_ORIENTATION_TAG = 0x0112
+KEPT_MODES = frozenset({"RGB", "L", "1"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+COLOUR_MODES = frozenset({"CMYK", "YCbCr", "LAB", "HSV"})
+WIDE_INTEGER_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image must satisfy to enter a shard."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
+
+    def __post_init__(self) -> None:
+        if self.max_pixels <= 0 or self.min_side <= 0:
+            raise ValueError(f"image limits must be positive, got {self}")
+
+
+class ImageRejected(ValueError):
+    """An image that cannot enter a shard; `reason` is a short code for the manifest."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """Bytes ready for the `image` column; `fixes` is empty when they are the original bytes."""
+
+    data: bytes
+    width: int
+    height: int
+    fixes: tuple[str, ...]
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open from the header only and apply the size limits before decoding any pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ImageRejected("too-large", str(error)) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageRejected("corrupt", f"not a readable image ({error})") from error
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageRejected("too-large", f"{width}x{height} exceeds the {limits.max_pixels}-pixel limit")
+    if min(width, height) < limits.min_side:
+        raise ImageRejected("too-small", f"{width}x{height} has a side under {limits.min_side} pixels")
+    return image
+
+
+def _decode_fully(image: Image.Image) -> None:
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageRejected("corrupt", f"decoding failed ({error})") from error
+
+
+def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Pixels as 8-bit RGB plus the names of the fixes that took; raises for exotic modes."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB"), ["alpha"]
+    if image.mode in WIDE_INTEGER_MODES:
+        pixels = np.asarray(image, dtype=np.int64)
+        peak = 65535 if pixels.max() > 255 or image.mode != "I" else 255
+        scaled = np.clip(np.round(pixels * (255 / peak)), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, "L").convert("RGB"), ["16-bit"]
+    if image.mode in COLOUR_MODES:
+        return image.convert("RGB"), ["colour-mode"]
+    if image.mode in KEPT_MODES or image.mode == "P":
+        return image.convert("RGB"), []
+    raise ImageRejected("unsupported-mode", f"pixel mode {image.mode} has no lossless 8-bit RGB form")
+
+
+def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedImage:
+    """Validate encoded image bytes; keep them when readers need no fix, else re-encode as PNG."""
+    image = _open(data, limits)
+    _decode_fully(image)
+    rotated = image.getexif().get(EXIF_ORIENTATION_TAG, 1) not in (0, 1)
+    plain_palette = image.mode == "P" and "transparency" not in image.info
+    if not rotated and (image.mode in KEPT_MODES or plain_palette):
+        return PreparedImage(data, image.width, image.height, ())
+    rgb, fixes = _to_rgb(image)
+    if rotated:
+        rgb.info["exif"] = image.info.get("exif", b"")
+        rgb = ImageOps.exif_transpose(rgb)
+        fixes.append("exif-rotation")
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG")
+    return PreparedImage(buffer.getvalue(), rgb.width, rgb.height, tuple(fixes))

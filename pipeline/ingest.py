@@ -1,0 +1,350 @@
+"""`segpic ingest`: a source of images -> image shards + `manifest.json`, resumable.
+
+Shard names carry the total (`part-00003-of-00012.parquet`), which a streaming source only
+reveals at its end, so a single run works in two phases:
+
+1. Parts are written in source order into `OUT/.ingest-staging/` as `part-00000.parquet`,
+   each closed at about `shard_bytes` and followed by a small JSON log (rows, how many
+   source records it consumed, records skipped or fixed). A part without its log is
+   unfinished and is discarded on restart; a restart skips the records the logged parts
+   consumed, so no image is lost or written twice.
+2. At the end the parts are renamed to their final names in OUT, `manifest.json` is
+   written and the staging folder removed. Re-running a finished ingest does nothing.
+
+Job arrays: with `num_shards=N`, job `shard_index=I` writes exactly one shard,
+`part-0000I-of-0000N.parquet`, holding the source records whose position j satisfies
+j % N == I (`shard_bytes` does not apply). All jobs may share OUT: names never collide.
+Each job leaves a log in `OUT/.ingest-jobs/` and rewrites `manifest.json` from the logs
+present; it is marked complete once all N shards exist (re-run any finished job to
+refresh it). A killed job restarts its shard from scratch.
+"""
+
+import json
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.images import ImageLimits, ImageRejected, PreparedImage, prepare_image
+from pipeline.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    RecordNote,
+    read_manifest,
+    settings_hash,
+    shard_entry,
+    write_json_atomically,
+    write_manifest,
+)
+from pipeline.shards import (
+    DEFAULT_ROW_GROUP_BYTES,
+    DEFAULT_SHARD_BYTES,
+    IMAGE_KIND,
+    IMAGE_SCHEMA,
+    ShardWriter,
+    shard_name,
+)
+from pipeline.sources import SourceRecord, open_source
+
+STAGING_DIR = ".ingest-staging"
+JOBS_DIR = ".ingest-jobs"
+SETTINGS_FILE = "settings.json"
+LOOKAHEAD_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """One ingest run; `settings()` is what must match for a restart to resume it."""
+
+    source: str
+    out: Path
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES
+    limits: ImageLimits = ImageLimits()
+    limit: int | None = None
+    shard_index: int | None = None
+    num_shards: int | None = None
+    workers: int = 2
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shard_bytes <= 0 or self.row_group_bytes <= 0:
+            raise ValueError("shard and row-group sizes must be positive")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must not be negative, got {self.limit}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if (self.shard_index is None) != (self.num_shards is None):
+            raise ValueError("--shard-index and --num-shards go together")
+        if self.num_shards is not None and not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"shard index {self.shard_index} is outside 0..{self.num_shards - 1}")
+
+    def settings(self) -> dict[str, Any]:
+        settings = {
+            "source": self.source,
+            "row_group_bytes": self.row_group_bytes,
+            "max_pixels": self.limits.max_pixels,
+            "min_side": self.limits.min_side,
+            "limit": self.limit,
+        }
+        if self.num_shards is None:
+            return {**settings, "shard_bytes": self.shard_bytes}
+        return {**settings, "num_shards": self.num_shards}
+
+
+@dataclass
+class PartLog:
+    """What one written part holds and which source records it accounted for."""
+
+    rows: int = 0
+    consumed: int = 0
+    seconds: float = 0.0
+    skipped: list[RecordNote] = field(default_factory=list)
+    fixed: list[RecordNote] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        write_json_atomically(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "PartLog":
+        data = json.loads(path.read_text())
+        notes = {key: [RecordNote(**note) for note in data.pop(key)] for key in ("skipped", "fixed")}
+        return cls(**data, **notes)
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """Counts for this run (`written`, `skipped`, `fixed`) and for the whole directory."""
+
+    out: Path
+    written: int
+    skipped: int
+    fixed: int
+    total_rows: int
+    shards: int
+    seconds: float
+    complete: bool
+    skip_reasons: dict[str, int]
+
+    def line(self) -> str:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skip_reasons.items()))
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        state = "complete" if self.complete else "incomplete (other jobs pending)"
+        return (
+            f"{self.written} images written, {self.skipped} skipped" + (f" ({reasons})" if reasons else "")
+            + f", {self.fixed} fixed, {rate:.1f} images/s; {self.out}: {self.total_rows} images "
+            f"in {self.shards} shards, {state}"
+        )
+
+
+def _prepare(record: SourceRecord, limits: ImageLimits) -> PreparedImage | ImageRejected:
+    try:
+        return prepare_image(record.read(), limits)
+    except ImageRejected as rejection:
+        return rejection
+    except (OSError, ValueError) as error:
+        return ImageRejected("unreadable", str(error))
+
+
+def prepared_records(
+    records: Iterable[SourceRecord], limits: ImageLimits, workers: int
+) -> Iterator[tuple[SourceRecord, PreparedImage | ImageRejected]]:
+    """Read and validate records on `workers` threads (PIL decodes without the GIL), in source order."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for record in records:
+            pending.append((record, pool.submit(_prepare, record, limits)))
+            if len(pending) >= workers * LOOKAHEAD_PER_WORKER:
+                record, future = pending.popleft()
+                yield record, future.result()
+        while pending:
+            record, future = pending.popleft()
+            yield record, future.result()
+
+
+def _shard_row(record: SourceRecord, image: PreparedImage) -> dict[str, Any]:
+    name = record.name
+    if image.fixes and name:
+        name = str(Path(name).with_suffix(".png"))
+    return {"id": record.id, "image": {"bytes": image.data, "path": name}, "width": image.width, "height": image.height}
+
+
+def _fill_part(
+    writer: ShardWriter, outcomes: Iterator, log: PartLog, shard_bytes: int | None, progress: tqdm
+) -> bool:
+    """Write outcomes until the part holds `shard_bytes`; True when the source ran out first."""
+    for record, outcome in outcomes:
+        log.consumed += 1
+        progress.update(1)
+        if isinstance(outcome, ImageRejected):
+            log.skipped.append(RecordNote(record.id, outcome.reason))
+            continue
+        writer.write(_shard_row(record, outcome))
+        log.rows += 1
+        if outcome.fixes:
+            log.fixed.append(RecordNote(record.id, "+".join(outcome.fixes)))
+        if shard_bytes is not None and writer.bytes_written >= shard_bytes:
+            return False
+    return True
+
+
+def _summary(config: IngestConfig, logs: list[PartLog], manifest: Manifest, seconds: float) -> IngestSummary:
+    skip_reasons: dict[str, int] = {}
+    for log in logs:
+        for note in log.skipped:
+            skip_reasons[note.reason] = skip_reasons.get(note.reason, 0) + 1
+    return IngestSummary(
+        out=config.out,
+        written=sum(log.rows for log in logs),
+        skipped=sum(len(log.skipped) for log in logs),
+        fixed=sum(len(log.fixed) for log in logs),
+        total_rows=manifest.rows,
+        shards=len(manifest.shards),
+        seconds=seconds,
+        complete=manifest.complete,
+        skip_reasons=skip_reasons,
+    )
+
+
+def _progress(config: IngestConfig, done: int) -> tqdm:
+    return tqdm(desc=f"ingest {config.source}", unit="img", initial=done, total=config.limit, disable=not config.progress)
+
+
+def _claim(directory: Path, settings: dict[str, Any]) -> None:
+    """Record the settings of the work in `directory`, refusing to mix it with different settings."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / SETTINGS_FILE
+    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(settings)):
+        raise ValueError(f"{directory.parent} holds unfinished work made with other settings; use another --out")
+    write_json_atomically(path, settings)
+
+
+def _finished_manifest(config: IngestConfig) -> Manifest | None:
+    """The manifest of an earlier identical single run that completed, if any."""
+    if not (config.out / MANIFEST_NAME).is_file() or (config.out / STAGING_DIR).exists():
+        return None
+    manifest = read_manifest(config.out)
+    if settings_hash(manifest.settings) != settings_hash(config.settings()) or not manifest.complete:
+        raise ValueError(f"{config.out} already holds shards made with other settings; use another --out")
+    return manifest
+
+
+def _staged_logs(staging: Path) -> list[PartLog]:
+    """Logs of the finished parts, in order; unfinished parts (no log) are deleted."""
+    logs = []
+    for index in range(len(list(staging.glob("part-*.json"))) + 1):
+        log_path = staging / f"part-{index:05d}.json"
+        if not log_path.is_file():
+            (staging / f"part-{index:05d}.parquet").unlink(missing_ok=True)
+            break
+        logs.append(PartLog.load(log_path))
+    return logs
+
+
+def _finalize(config: IngestConfig, logs: list[PartLog], seconds: float) -> Manifest:
+    """Rename staged parts to their final shard names, then write the manifest; idempotent."""
+    staging = config.out / STAGING_DIR
+    written = [index for index, log in enumerate(logs) if log.rows > 0]
+    entries = []
+    for position, index in enumerate(written):
+        final = config.out / shard_name(position, len(written))
+        staged = staging / f"part-{index:05d}.parquet"
+        if staged.is_file():
+            staged.replace(final)
+        entries.append(shard_entry(final, logs[index].rows))
+    manifest = Manifest(
+        kind=IMAGE_KIND,
+        settings=config.settings(),
+        shards=entries,
+        skipped=[note for log in logs for note in log.skipped],
+        fixed=[note for log in logs for note in log.fixed],
+        seconds=seconds,
+    )
+    write_manifest(config.out, manifest)
+    shutil.rmtree(staging)
+    return manifest
+
+
+def _source_records(config: IngestConfig) -> Iterator[SourceRecord]:
+    return islice(open_source(config.source).records(), config.limit)
+
+
+def _ingest_single(config: IngestConfig) -> IngestSummary:
+    finished = _finished_manifest(config)
+    if finished is not None:
+        return _summary(config, [], finished, 0.0)
+    staging = config.out / STAGING_DIR
+    _claim(staging, config.settings())
+    earlier = _staged_logs(staging)
+    consumed = sum(log.consumed for log in earlier)
+    records = islice(_source_records(config), consumed, None)
+    logs: list[PartLog] = []
+    with _progress(config, consumed) as progress:
+        outcomes = prepared_records(records, config.limits, config.workers)
+        exhausted = False
+        while not exhausted:
+            started, log = time.perf_counter(), PartLog()
+            part = staging / f"part-{len(earlier) + len(logs):05d}.parquet"
+            with ShardWriter(part, IMAGE_SCHEMA, config.row_group_bytes) as writer:
+                exhausted = _fill_part(writer, outcomes, log, config.shard_bytes, progress)
+            if log.rows == 0:
+                part.unlink()
+            if log.consumed:
+                log.seconds = time.perf_counter() - started
+                log.save(part.with_suffix(".json"))
+                logs.append(log)
+    seconds = sum(log.seconds for log in logs)
+    manifest = _finalize(config, earlier + logs, sum(log.seconds for log in earlier) + seconds)
+    return _summary(config, logs, manifest, seconds)
+
+
+def _job_manifest(config: IngestConfig, jobs: Path) -> Manifest:
+    names = [shard_name(index, config.num_shards) for index in range(config.num_shards)]
+    done = [(name, PartLog.load(jobs / f"{name}.json")) for name in names if (jobs / f"{name}.json").is_file()]
+    manifest = Manifest(
+        kind=IMAGE_KIND,
+        settings=config.settings(),
+        shards=[shard_entry(config.out / name, log.rows) for name, log in done],
+        skipped=[note for _, log in done for note in log.skipped],
+        fixed=[note for _, log in done for note in log.fixed],
+        seconds=sum(log.seconds for _, log in done),
+        complete=len(done) == config.num_shards,
+    )
+    write_manifest(config.out, manifest)
+    return manifest
+
+
+def _ingest_job(config: IngestConfig) -> IngestSummary:
+    jobs = config.out / JOBS_DIR
+    _claim(jobs, config.settings())
+    name = shard_name(config.shard_index, config.num_shards)
+    log_path = jobs / f"{name}.json"
+    logs: list[PartLog] = []
+    if not (log_path.is_file() and (config.out / name).is_file()):
+        mine = (
+            record
+            for position, record in enumerate(_source_records(config))
+            if position % config.num_shards == config.shard_index
+        )
+        started, log = time.perf_counter(), PartLog()
+        with _progress(config, 0) as progress, ShardWriter(config.out / name, IMAGE_SCHEMA, config.row_group_bytes) as writer:
+            _fill_part(writer, prepared_records(mine, config.limits, config.workers), log, None, progress)
+        log.seconds = time.perf_counter() - started
+        log.save(log_path)
+        logs.append(log)
+    return _summary(config, logs, _job_manifest(config, jobs), sum(log.seconds for log in logs))
+
+
+def ingest(config: IngestConfig) -> IngestSummary:
+    """Turn `config.source` into image shards in `config.out`; resumes or completes earlier runs."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    if config.num_shards is None:
+        return _ingest_single(config)
+    return _ingest_job(config)

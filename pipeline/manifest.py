@@ -1,0 +1,161 @@
+"""`manifest.json`: what a shard directory holds and how it was made, written atomically.
+
+Shared by the stages that write shards (ingest, masks). It lists every shard with its row
+count, size and sha256 (so `segpic verify` can catch a damaged file), the records that
+were skipped or fixed with their reasons, the settings and their hash, the versions of
+the libraries that shaped the bytes, and timings.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from pipeline.shards import FORMAT_VERSION
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "segpic-shards"
+VERSIONED_PACKAGES = ("segpic", "pillow", "pyarrow", "datasets", "numpy", "segment-anything", "torch", "scikit-image")
+HASH_CHUNK_BYTES = 1 << 20
+PUBLISHED_FILE_MODE = 0o644  # mkstemp creates 0600; manifests are meant to be read by others
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One finished shard as the manifest lists it."""
+
+    name: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RecordNote:
+    """A record that was skipped (`reason`) or fixed (`reason` names the fixes)."""
+
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything `manifest.json` holds; `complete` is False while a job array is still writing shards."""
+
+    kind: str
+    settings: dict[str, Any]
+    shards: list[ShardEntry]
+    skipped: list[RecordNote] = field(default_factory=list)
+    fixed: list[RecordNote] = field(default_factory=list)
+    seconds: float = 0.0
+    complete: bool = True
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return sum(shard.rows for shard in self.shards)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "complete": self.complete,
+            "counts": {
+                "shards": len(self.shards),
+                "rows": self.rows,
+                "skipped": len(self.skipped),
+                "fixed": len(self.fixed),
+            },
+            "settings": self.settings,
+            "settings_hash": settings_hash(self.settings),
+            "versions": self.versions or package_versions(),
+            "timings": {
+                "seconds": round(self.seconds, 3),
+                "rows_per_second": round(self.rows / self.seconds, 3) if self.seconds > 0 else None,
+            },
+            "shards": [asdict(shard) for shard in self.shards],
+            "skipped": [asdict(note) for note in self.skipped],
+            "fixed": [asdict(note) for note in self.fixed],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: Path) -> "Manifest":
+        if data.get("format") != MANIFEST_FORMAT or data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{where}: not a segpic shard manifest of format version {FORMAT_VERSION}")
+        try:
+            return cls(
+                kind=data["kind"],
+                settings=data["settings"],
+                shards=[ShardEntry(**shard) for shard in data["shards"]],
+                skipped=[RecordNote(**note) for note in data["skipped"]],
+                fixed=[RecordNote(**note) for note in data["fixed"]],
+                seconds=data["timings"]["seconds"],
+                complete=data["complete"],
+                versions=data["versions"],
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{where}: malformed manifest ({error!r})") from error
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """Short stable digest of a settings dict: equal settings, equal hash, across runs and machines."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the libraries whose behaviour decides the shards' bytes."""
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shard_entry(path: Path, rows: int) -> ShardEntry:
+    """Describe a finished shard file for the manifest."""
+    return ShardEntry(name=path.name, rows=rows, bytes=path.stat().st_size, sha256=file_sha256(path))
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON under a unique temporary name and rename, so readers never see half a file (even with concurrent writers)."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".incomplete")
+    with os.fdopen(descriptor, "w") as file:
+        file.write(json.dumps(data, indent=2) + "\n")
+    os.chmod(temporary, PUBLISHED_FILE_MODE)
+    os.replace(temporary, path)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Write `directory/manifest.json` atomically and return its path."""
+    path = Path(directory) / MANIFEST_NAME
+    write_json_atomically(path, manifest.to_json())
+    return path
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Read `directory/manifest.json`; raises FileNotFoundError/ValueError naming the file."""
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    return Manifest.from_json(data, path)

@@ -1,0 +1,201 @@
+"""The shard format: Parquet files of images and of their label maps, defined once here.
+
+An image shard directory holds `part-00000-of-000NN.parquet` files plus `manifest.json`.
+Image shards have columns `id`, `image`, `width`, `height`; mask shards, written by the
+masks stage with the same file names and row order, have `id`, `mask` and per-image
+statistics. Encoded pictures live in the Hugging Face `Image` struct (`bytes`, `path`)
+and every schema carries the `huggingface` metadata, so `datasets.load_dataset("parquet")`
+decodes the columns without any code of ours. A `segpic` metadata entry records the
+kind of shard and `FORMAT_VERSION`, so readers can refuse files they do not understand.
+
+Files are written under `<name>.incomplete` and renamed into place when closed, so a
+killed writer never leaves a file that looks finished.
+"""
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1
+IMAGE_KIND = "images"
+MASK_KIND = "masks"
+INCOMPLETE_SUFFIX = ".incomplete"
+SHARD_PATTERN = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
+
+# The Hub's conventions: about 500 MB per file, about 100 MB per row group.
+DEFAULT_SHARD_BYTES = 500 * 1024 * 1024
+DEFAULT_ROW_GROUP_BYTES = 100 * 1024 * 1024
+
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+_HF_VALUE_TYPES = {pa.string(): "string", pa.int32(): "int32", pa.float32(): "float32"}
+
+
+def _schema(kind: str, fields: Sequence[tuple[str, pa.DataType]]) -> pa.Schema:
+    """Attach the Hugging Face feature description and our own format tag to `fields`."""
+    features = {
+        name: {"_type": "Image"} if dtype == IMAGE_STRUCT else {"dtype": _HF_VALUE_TYPES[dtype], "_type": "Value"}
+        for name, dtype in fields
+    }
+    metadata = {
+        b"huggingface": json.dumps({"info": {"features": features}}).encode(),
+        b"segpic": json.dumps({"kind": kind, "format_version": FORMAT_VERSION}).encode(),
+    }
+    return pa.schema(list(fields), metadata=metadata)
+
+
+IMAGE_SCHEMA = _schema(
+    IMAGE_KIND,
+    [("id", pa.string()), ("image", IMAGE_STRUCT), ("width", pa.int32()), ("height", pa.int32())],
+)
+MASK_SCHEMA = _schema(
+    MASK_KIND,
+    [
+        ("id", pa.string()),
+        ("mask", IMAGE_STRUCT),
+        ("num_regions", pa.int32()),
+        ("coverage", pa.float32()),
+        ("mean_iou", pa.float32()),
+        ("generator", pa.string()),
+        ("settings_hash", pa.string()),
+    ],
+)
+SCHEMAS = {IMAGE_KIND: IMAGE_SCHEMA, MASK_KIND: MASK_SCHEMA}
+
+
+def shard_name(index: int, count: int) -> str:
+    """`part-00002-of-00010.parquet`: the Hub's name, which says its place and the total."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is outside 0..{count - 1}")
+    return f"part-{index:05d}-of-{count:05d}.parquet"
+
+
+def parse_shard_name(name: str) -> tuple[int, int] | None:
+    """(index, count) of a shard file name, or None when `name` is not one."""
+    match = SHARD_PATTERN.match(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def shard_files(directory: Path) -> list[Path]:
+    """Every finished file named like a shard, sorted, whether or not the set is complete."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such shard directory")
+    return sorted(path for path in directory.iterdir() if parse_shard_name(path.name))
+
+
+def missing_shards(directory: Path) -> list[str]:
+    """Names a complete shard set in `directory` still lacks (their totals must agree)."""
+    files = shard_files(directory)
+    counts = {parse_shard_name(path.name)[1] for path in files}
+    if len(counts) > 1:
+        raise ValueError(f"{directory}: shard names disagree on the total ({sorted(counts)})")
+    if not counts:
+        return []
+    count = counts.pop()
+    present = {path.name for path in files}
+    return [shard_name(index, count) for index in range(count) if shard_name(index, count) not in present]
+
+
+def list_shards(directory: Path) -> list[Path]:
+    """The shards of a complete set, in order; raises when the set is empty or has gaps."""
+    files = shard_files(directory)
+    if not files:
+        raise ValueError(f"{directory}: no shard files (part-NNNNN-of-NNNNN.parquet)")
+    missing = missing_shards(directory)
+    if missing:
+        raise ValueError(f"{directory}: incomplete shard set, missing {', '.join(missing)}")
+    return files
+
+
+def shard_kind(path: Path) -> str:
+    """`images` or `masks`, read from the file's `segpic` metadata; raises on foreign files."""
+    metadata = pq.read_schema(path).metadata or {}
+    if b"segpic" not in metadata:
+        raise ValueError(f"{path}: not a segpic shard (no segpic schema metadata)")
+    tag = json.loads(metadata[b"segpic"])
+    if tag.get("format_version") != FORMAT_VERSION or tag.get("kind") not in SCHEMAS:
+        raise ValueError(f"{path}: unsupported shard format {tag}, this build reads version {FORMAT_VERSION}")
+    return tag["kind"]
+
+
+def read_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of one shard as dicts, one row group in memory at a time."""
+    parquet = pq.ParquetFile(path)
+    for group in range(parquet.num_row_groups):
+        yield from parquet.read_row_group(group, columns=list(columns) if columns else None).to_pylist()
+
+
+def _row_bytes(row: dict[str, Any]) -> int:
+    """Approximate encoded size of a row: its binary payloads dominate everything else."""
+    return sum(len(value["bytes"] or b"") if isinstance(value, dict) else 64 for value in row.values())
+
+
+class ShardWriter:
+    """Write one shard file atomically: rows go to `<path>.incomplete`, renamed on success.
+
+    Use as a context manager: leaving the block normally closes the file and moves it into
+    place; leaving it through an exception deletes the partial file. Rows are buffered into
+    row groups of about `row_group_bytes` (their encoded payload size).
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES) -> None:
+        if row_group_bytes <= 0:
+            raise ValueError(f"row_group_bytes must be positive, got {row_group_bytes}")
+        self.path = Path(path)
+        self.schema = schema
+        self.row_group_bytes = row_group_bytes
+        self.rows_written = 0
+        self.bytes_written = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._buffered_bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    @property
+    def incomplete_path(self) -> Path:
+        return self.path.with_name(self.path.name + INCOMPLETE_SUFFIX)
+
+    def __enter__(self) -> "ShardWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self.incomplete_path, self.schema)
+        return self
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Add one row (a dict with every schema column); flushes a row group when full."""
+        missing = set(self.schema.names) - set(row)
+        if missing:
+            raise ValueError(f"{self.path}: row {row.get('id')!r} lacks columns {sorted(missing)}")
+        size = _row_bytes(row)
+        self._buffer.append(row)
+        self._buffered_bytes += size
+        self.bytes_written += size
+        self.rows_written += 1
+        if self._buffered_bytes >= self.row_group_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+            self._writer.write_table(table, row_group_size=len(self._buffer))
+            self._buffer, self._buffered_bytes = [], 0
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        try:
+            if kind is None:
+                self._flush()
+            self._writer.close()
+        except BaseException:
+            self.incomplete_path.unlink(missing_ok=True)
+            raise
+        if kind is None:
+            self.incomplete_path.replace(self.path)
+        else:
+            self.incomplete_path.unlink(missing_ok=True)

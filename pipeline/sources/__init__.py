@@ -1,0 +1,33 @@
+"""Image sources for `segpic ingest`: one registry of small classes, tried in order."""
+
+from pipeline.sources.base import ImageSource, SourceRecord
+from pipeline.sources.folder import FolderSource
+from pipeline.sources.huggingface import HuggingFaceSource
+from pipeline.sources.parquet import ParquetSource
+from pipeline.sources.sample import SampleSource
+
+# Order matters: `sample` and `hf:` are exact prefixes, and a folder holding Parquet
+# files is read as Parquet rather than as a folder of (no) images.
+SOURCES: tuple[type[ImageSource], ...] = (SampleSource, HuggingFaceSource, ParquetSource, FolderSource)
+
+
+def open_source(spec: str) -> ImageSource:
+    """The source SPEC names; raises ValueError listing the accepted forms when none fits."""
+    for kind in SOURCES:
+        if kind.accepts(spec):
+            return kind(spec)
+    raise ValueError(
+        f"{spec}: not a source (expected `sample`, `hf:NAME[:SPLIT]`, a Parquet file/folder or an image folder)"
+    )
+
+
+__all__ = [
+    "SOURCES",
+    "FolderSource",
+    "HuggingFaceSource",
+    "ImageSource",
+    "ParquetSource",
+    "SampleSource",
+    "SourceRecord",
+    "open_source",
+]

@@ -1,0 +1,27 @@
+"""A local folder of image files, searched recursively (ImageNet `nXXXXXXXX/*.JPEG` or flat Flickr-style)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.sources.base import ImageSource, SourceRecord
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+
+
+class FolderSource(ImageSource):
+    """Files with an image suffix (any case) under a folder; id = path relative to it, POSIX style."""
+
+    @staticmethod
+    def accepts(spec: str) -> bool:
+        return Path(spec).is_dir()
+
+    def __init__(self, spec: str) -> None:
+        self.root = Path(spec)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{spec}: no such folder")
+
+    def records(self) -> Iterator[SourceRecord]:
+        paths = (path for path in self.root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+        for relative in sorted(path.relative_to(self.root).as_posix() for path in paths):
+            path = self.root / relative
+            yield SourceRecord(id=relative, name=relative, read=path.read_bytes)

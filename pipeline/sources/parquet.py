@@ -1,0 +1,77 @@
+"""Existing Parquet files holding encoded images (our shards, or a Hub dataset's files).
+
+The image column is the first struct column with a `bytes` field (an `Image` feature),
+preferring one named `image`. Ids come from an `id` string column when there is one,
+else `<file relative to the spec>:<row>`.
+"""
+
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.sources.base import ImageSource, SourceRecord
+
+PREFIX = "parquet:"
+
+
+def _image_column(schema: pa.Schema, path: Path) -> str:
+    candidates = [
+        field.name
+        for field in schema
+        if pa.types.is_struct(field.type) and field.type.get_field_index("bytes") >= 0
+    ]
+    if not candidates:
+        raise ValueError(f"{path}: no image column (a struct with a `bytes` field)")
+    return "image" if "image" in candidates else candidates[0]
+
+
+class ParquetSource(ImageSource):
+    """`parquet:PATH`, or a `.parquet` file, or a folder whose files include `*.parquet` (read recursively)."""
+
+    @staticmethod
+    def accepts(spec: str) -> bool:
+        path = Path(spec.removeprefix(PREFIX))
+        if spec.startswith(PREFIX) or path.suffix == ".parquet":
+            return True
+        return path.is_dir() and any(path.rglob("*.parquet"))
+
+    def __init__(self, spec: str) -> None:
+        self.root = Path(spec.removeprefix(PREFIX))
+        if self.root.is_file():
+            self.files, self.base = [self.root], self.root.parent
+        elif self.root.is_dir():
+            self.files, self.base = sorted(self.root.rglob("*.parquet")), self.root
+        else:
+            raise FileNotFoundError(f"{self.root}: no such Parquet file or folder")
+        if not self.files:
+            raise ValueError(f"{self.root}: no .parquet files")
+
+    def records(self) -> Iterator[SourceRecord]:
+        for path in self.files:
+            parquet = pq.ParquetFile(path)
+            column = _image_column(parquet.schema_arrow, path)
+            has_ids = "id" in parquet.schema_arrow.names
+            relative = path.relative_to(self.base).as_posix()
+            row = 0
+            for group in range(parquet.num_row_groups):
+                table = parquet.read_row_group(group, columns=[column, "id"] if has_ids else [column])
+                ids = table.column("id").to_pylist() if has_ids else None
+                for offset, value in enumerate(table.column(column).to_pylist()):
+                    record_id = ids[offset] if has_ids else f"{relative}:{row}"
+                    yield _record(record_id, value, path)
+                    row += 1
+
+
+def _record(record_id: str, value: dict | None, path: Path) -> SourceRecord:
+    data = (value or {}).get("bytes")
+    name = (value or {}).get("path")
+    return SourceRecord(id=record_id, name=name, read=partial(_bytes_of, data, f"{path} row {record_id}"))
+
+
+def _bytes_of(data: bytes | None, where: str) -> bytes:
+    if data is None:
+        raise ValueError(f"{where}: the image struct holds no bytes")
+    return data

@@ -1,0 +1,182 @@
+"""`segpic verify`: check a shard directory (and its mask shards) end to end.
+
+Checks, collecting every problem rather than stopping at the first: the shard set is
+complete; the manifest lists exactly these files with matching row counts, sizes and
+sha256; each file is readable Parquet with the expected schema and metadata; ids are
+unique; every row decodes (images to their recorded width and height; label maps to the
+image's size with values below `num_regions`); and mask shards align with the image
+shards (same file names, same ids in the same order).
+"""
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline.manifest import read_manifest, shard_entry
+from pipeline.shards import IMAGE_KIND, MASK_KIND, SCHEMAS, missing_shards, shard_files, shard_kind
+
+MAX_ROW_PROBLEMS_PER_SHARD = 10
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """An image shard directory and, optionally, its mask shard directory."""
+
+    images: Path
+    masks: Path | None = None
+
+
+@dataclass
+class VerifyReport:
+    """What was checked and every problem found; `ok` when there is none."""
+
+    shards: int = 0
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# Per shard file name: the (id, width, height) of each image row, in order.
+ImageRows = dict[str, list[tuple[str, int, int]]]
+
+
+def _check_files(directory: Path, kind: str, report: VerifyReport) -> list[Path]:
+    """Shard set completeness and manifest agreement; returns the files to read."""
+    try:
+        files = shard_files(directory)
+        report.problems += [f"{directory}: missing shard {name}" for name in missing_shards(directory)]
+    except (FileNotFoundError, ValueError) as error:
+        report.problems.append(str(error))
+        return []
+    if not files:
+        report.problems.append(f"{directory}: no shard files")
+    try:
+        manifest = read_manifest(directory)
+    except (FileNotFoundError, ValueError) as error:
+        report.problems.append(str(error))
+        return files
+    if manifest.kind != kind:
+        report.problems.append(f"{directory}/manifest.json: kind {manifest.kind!r}, expected {kind!r}")
+    if not manifest.complete:
+        report.problems.append(f"{directory}/manifest.json: marked incomplete")
+    listed = {entry.name: entry for entry in manifest.shards}
+    for name in sorted(set(listed) - {path.name for path in files}):
+        report.problems.append(f"{directory}: manifest lists {name}, which is missing")
+    for path in files:
+        entry = listed.get(path.name)
+        if entry is None:
+            report.problems.append(f"{path}: not listed in the manifest")
+        elif shard_entry(path, entry.rows) != entry:
+            report.problems.append(f"{path}: size or sha256 differs from the manifest (file damaged or replaced)")
+    return files
+
+
+def _check_schema(path: Path, kind: str, report: VerifyReport) -> pq.ParquetFile | None:
+    try:
+        parquet = pq.ParquetFile(path)
+        found = shard_kind(path)
+    except ValueError as error:
+        report.problems.append(str(error))
+        return None
+    except Exception as error:  # pyarrow raises several unrelated types for damaged files
+        report.problems.append(f"{path}: unreadable Parquet ({error})")
+        return None
+    expected = SCHEMAS[kind]
+    if found != kind or not parquet.schema_arrow.remove_metadata().equals(expected.remove_metadata()):
+        report.problems.append(f"{path}: schema differs from the {kind} shard schema")
+        return None
+    if b"huggingface" not in parquet.schema_arrow.metadata:
+        report.problems.append(f"{path}: lacks the huggingface schema metadata")
+    return parquet
+
+
+def _decode(data: bytes | None) -> Image.Image:
+    if data is None:
+        raise ValueError("no bytes")
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _rows(parquet: pq.ParquetFile, path: Path, report: VerifyReport) -> list[dict]:
+    """Rows of one shard, read group by group so one damaged group does not hide the others."""
+    rows = []
+    for group in range(parquet.num_row_groups):
+        try:
+            rows += parquet.read_row_group(group).to_pylist()
+        except Exception as error:  # damaged pages surface as assorted pyarrow errors
+            report.problems.append(f"{path}: row group {group} cannot be read ({error})")
+    return rows
+
+
+def _image_problem(row: dict) -> str | None:
+    try:
+        image = _decode(row["image"]["bytes"])
+    except Exception as error:  # PIL raises many types for damaged data
+        return f"image does not decode ({error})"
+    if image.size != (row["width"], row["height"]):
+        return f"decodes to {image.size[0]}x{image.size[1]}, recorded {row['width']}x{row['height']}"
+    return None
+
+
+def _mask_problem(row: dict, size: tuple[int, int] | None) -> str | None:
+    try:
+        mask = _decode(row["mask"]["bytes"])
+    except Exception as error:  # PIL raises many types for damaged data
+        return f"label map does not decode ({error})"
+    if size is not None and mask.size != size:
+        return f"label map is {mask.size[0]}x{mask.size[1]}, its image {size[0]}x{size[1]}"
+    if int(np.asarray(mask).max()) >= row["num_regions"]:
+        return f"label values reach {int(np.asarray(mask).max())}, num_regions is {row['num_regions']}"
+    return None
+
+
+def _check_directory(directory: Path, kind: str, images: ImageRows | None, report: VerifyReport) -> ImageRows:
+    """Check one directory; for masks, `images` gives the rows they must align with."""
+    seen: set[str] = set()
+    collected: ImageRows = {}
+    for path in _check_files(directory, kind, report):
+        parquet = _check_schema(path, kind, report)
+        if parquet is None:
+            continue
+        rows = _rows(parquet, path, report)
+        report.shards += 1
+        report.rows += len(rows)
+        collected[path.name] = [(row["id"], row.get("width"), row.get("height")) for row in rows]
+        expected = images.get(path.name) if images is not None else None
+        if images is not None and expected is None:
+            report.problems.append(f"{path}: no image shard of that name")
+        elif expected is not None and [row["id"] for row in rows] != [entry[0] for entry in expected]:
+            report.problems.append(f"{path}: ids or their order differ from the image shard")
+            expected = None
+        row_problems = []
+        for position, row in enumerate(rows):
+            if row["id"] in seen:
+                row_problems.append(f"{path}: duplicate id {row['id']!r}")
+            seen.add(row["id"])
+            size = (expected[position][1], expected[position][2]) if expected is not None else None
+            problem = _image_problem(row) if kind == IMAGE_KIND else _mask_problem(row, size)
+            if problem:
+                row_problems.append(f"{path}: record {row['id']!r}: {problem}")
+        report.problems += row_problems[:MAX_ROW_PROBLEMS_PER_SHARD]
+        if len(row_problems) > MAX_ROW_PROBLEMS_PER_SHARD:
+            report.problems.append(f"{path}: {len(row_problems) - MAX_ROW_PROBLEMS_PER_SHARD} more bad records")
+    return collected
+
+
+def verify(config: VerifyConfig) -> VerifyReport:
+    """Check the image shards and, when given, the mask shards against them."""
+    report = VerifyReport()
+    images = _check_directory(Path(config.images), IMAGE_KIND, None, report)
+    if config.masks is not None:
+        masks = _check_directory(Path(config.masks), MASK_KIND, images, report)
+        for name in sorted(set(images) - set(masks)):
+            report.problems.append(f"{config.masks}: no mask shard for image shard {name}")
+    return report

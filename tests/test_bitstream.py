@@ -1,0 +1,164 @@
+"""`.segpic` files: real photos of odd sizes and grayscale round-trip; damaged or foreign files fail cleanly."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.bitstream import (
+    FORMAT_VERSION,
+    MAGIC,
+    CodecIdentity,
+    ModelMismatchError,
+    SegpicFile,
+    SegpicFileError,
+    decode_file,
+    encode_image,
+    image_to_tensor,
+    pad_to_multiple,
+    tensor_to_image,
+)
+from model.segpic import SegPIC
+from pipeline.sample import sample_photo_paths
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_codec(seed: int) -> SegPIC:
+    torch.manual_seed(seed)
+    model = SegPIC(N=24, M=40).eval()
+    with torch.no_grad():  # an untrained y rounds to zeros: amplify it so streams carry varied symbols
+        for parameter in model.g_a2[2].conv_a[2].conv[4].parameters():
+            parameter.mul_(30)
+    model.update(force=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def codec() -> tuple[SegPIC, CodecIdentity]:
+    model = tiny_codec(0)
+    return model, CodecIdentity.of(model)
+
+
+def sample_crop(name: str, width: int, height: int) -> Image.Image:
+    path = next(path for path in sample_photo_paths() if path.name == name)
+    with Image.open(path) as image:
+        return image.crop((10, 20, 10 + width, 20 + height))
+
+
+@pytest.fixture(scope="module")
+def coded_photo(codec) -> bytes:
+    model, identity = codec
+    return encode_image(model, sample_crop("coffee.png", 90, 70), identity, grid=3)
+
+
+def test_odd_sized_colour_photo_round_trips_to_its_size(codec, coded_photo):
+    model, identity = codec
+    image = sample_crop("coffee.png", 90, 70)
+    decoded = decode_file(model, coded_photo, identity)
+    assert decoded.shape == (1, 3, 70, 90)
+    # The decoder reproduces the encoder's eval-mode reconstruction of the padded image, cropped.
+    padded = pad_to_multiple(image_to_tensor(image))
+    assert padded.shape == (1, 3, 128, 128)
+    with torch.no_grad():
+        expected = model(padded, grid=3)["x_hat"][..., :70, :90].clamp(0, 1)
+    assert torch.equal(decoded, expected)
+
+
+def test_header_records_identity_size_grid_and_streams(codec, coded_photo):
+    _, identity = codec
+    parsed = SegpicFile.from_bytes(coded_photo)
+    assert parsed.identity == identity
+    assert (parsed.height, parsed.width, parsed.channels, parsed.grid) == (70, 90, 3, 3)
+    assert len(parsed.streams) == 4 and len(parsed.streams[0]) > 300
+    stream_bits = 8 * sum(len(stream) for stream in parsed.streams)
+    assert parsed.bits_per_pixel == pytest.approx(stream_bits / (70 * 90))
+    assert parsed.to_bytes() == coded_photo
+
+
+def test_grayscale_photo_decodes_to_one_channel(codec):
+    model, identity = codec
+    image = sample_crop("camera.png", 65, 64)
+    assert image.mode == "L"
+    decoded = decode_file(model, encode_image(model, image, identity), identity)
+    assert decoded.shape == (1, 1, 64, 65)
+    restored = tensor_to_image(decoded)
+    assert restored.mode == "L" and restored.size == (65, 64)
+
+
+def test_padding_replicates_the_last_row_and_column():
+    x = image_to_tensor(sample_crop("astronaut.png", 70, 65))
+    padded = pad_to_multiple(x)
+    assert padded.shape == (1, 3, 128, 128)
+    assert torch.equal(padded[..., :65, :70], x)
+    assert torch.equal(padded[..., 100, :70], x[..., 64, :])
+    assert torch.equal(padded[..., :65, 127], x[..., :, 69])
+
+
+@pytest.mark.parametrize("cut", [0, 3, 7, 20, 40, -40, -5, -1])
+def test_truncated_file_is_a_clear_error(codec, coded_photo, cut):
+    model, identity = codec
+    with pytest.raises(SegpicFileError, match="truncated|not a .segpic"):
+        decode_file(model, coded_photo[:cut], identity, source="photo.segpic")
+
+
+@pytest.mark.parametrize("position", [6, 9, 30, 60, 120, 200, -10, -2])
+def test_flipped_byte_is_a_clear_error(codec, coded_photo, position):
+    model, identity = codec
+    damaged = bytearray(coded_photo)
+    damaged[position] ^= 0x40
+    with pytest.raises(SegpicFileError, match="photo.segpic"):
+        decode_file(model, bytes(damaged), identity, source="photo.segpic")
+
+
+def test_file_of_another_model_names_both_models(codec, coded_photo):
+    other = tiny_codec(1)
+    other_identity = CodecIdentity.of(other)
+    with pytest.raises(ModelMismatchError) as raised:
+        decode_file(other, coded_photo, other_identity, source="photo.segpic")
+    message = str(raised.value)
+    assert codec[1].weights_hash[:16] in message and other_identity.weights_hash[:16] in message
+
+
+def test_unknown_format_version_is_refused(codec, coded_photo):
+    model, identity = codec
+    body = bytearray(coded_photo[:-4])
+    body[len(MAGIC)] = FORMAT_VERSION + 1
+    forged = bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+    with pytest.raises(SegpicFileError, match="version"):
+        decode_file(model, forged, identity)
+
+
+def test_other_file_types_are_refused(codec):
+    model, identity = codec
+    png = sample_photo_paths()[0].read_bytes()
+    with pytest.raises(SegpicFileError, match="not a .segpic"):
+        decode_file(model, png, identity)
+
+
+def test_tensor_input_must_be_one_image(codec):
+    model, identity = codec
+    with pytest.raises(ValueError, match="one image"):
+        encode_image(model, torch.rand(2, 3, 64, 64), identity)
+
+
+def test_eight_bit_conversion_round_trips_pixels():
+    image = sample_crop("chelsea.png", 33, 17)
+    assert np.array_equal(np.asarray(tensor_to_image(image_to_tensor(image))), np.asarray(image.convert("RGB")))
+
+
+def test_stream_count_must_match_the_architecture(codec, coded_photo):
+    model, identity = codec
+    parsed = SegpicFile.from_bytes(coded_photo)
+    forged = SegpicFile(identity, parsed.grid, parsed.height, parsed.width, parsed.channels, parsed.streams[:2])
+    with pytest.raises(SegpicFileError, match="2 streams, but segpic writes 4"):
+        decode_file(model, forged.to_bytes(), identity)

@@ -1,0 +1,100 @@
+"""`segpic compress` / `segpic decompress` through the real CLI, with a real checkpoint file."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from model.bitstream import CodecIdentity, decode_file, tensor_to_image
+from model.checkpoints import load_codec, save_codec
+from model.segpic import SegPIC
+from pipeline.cli import app
+from pipeline.sample import sample_photo_paths
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = SegPIC(N=24, M=40)
+    with torch.no_grad():  # an untrained y rounds to zeros: amplify it so streams carry varied symbols
+        for parameter in model.g_a2[2].conv_a[2].conv[4].parameters():
+            parameter.mul_(30)
+    path = tmp_path_factory.mktemp("codec") / "tiny.pt"
+    save_codec(path, model, "segpic", {"N": 24, "M": 40})
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "rocket.png"
+    with Image.open(sample_photo_paths()[3]) as image:
+        image.convert("RGB").crop((100, 50, 197, 120)).save(path)
+    return path
+
+
+def test_compress_then_decompress_writes_the_decoded_png(tmp_path, checkpoint, photo_png):
+    coded = tmp_path / "rocket.segpic"
+    result = runner.invoke(app, ["compress", str(photo_png), "-c", str(checkpoint), "-o", str(coded)])
+    assert result.exit_code == 0, result.output
+    assert "bpp" in result.output and " s" in result.output
+    assert coded.read_bytes().startswith(b"SEGPIC") and coded.stat().st_size > 500
+
+    decoded_png = tmp_path / "rocket-decoded.png"
+    result = runner.invoke(app, ["decompress", str(coded), "-c", str(checkpoint), "-o", str(decoded_png)])
+    assert result.exit_code == 0, result.output
+    assert "bpp" in result.output
+    with Image.open(decoded_png) as decoded:
+        assert decoded.size == (97, 70) and decoded.mode == "RGB"
+        pixels = np.asarray(decoded)
+    model = load_codec(checkpoint)
+    expected = tensor_to_image(decode_file(model, coded.read_bytes(), CodecIdentity.of(model)))
+    assert np.array_equal(pixels, np.asarray(expected))
+
+
+def test_corrupted_file_fails_with_one_line_and_exit_code_1(tmp_path, checkpoint, photo_png):
+    coded = tmp_path / "rocket.segpic"
+    assert runner.invoke(app, ["compress", str(photo_png), "-c", str(checkpoint), "-o", str(coded)]).exit_code == 0
+    data = bytearray(coded.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    coded.write_bytes(bytes(data))
+    result = runner.invoke(app, ["decompress", str(coded), "-c", str(checkpoint), "-o", str(tmp_path / "out.png")])
+    assert result.exit_code == 1
+    assert "corrupted" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_file_from_another_checkpoint_is_refused(tmp_path, checkpoint, photo_png):
+    coded = tmp_path / "rocket.segpic"
+    assert runner.invoke(app, ["compress", str(photo_png), "-c", str(checkpoint), "-o", str(coded)]).exit_code == 0
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    save_codec(other, SegPIC(N=24, M=40), "segpic", {"N": 24, "M": 40})
+    result = runner.invoke(app, ["decompress", str(coded), "-c", str(other), "-o", str(tmp_path / "out.png")])
+    assert result.exit_code == 1
+    assert "was written by segpic N=24 M=40" in result.output
+
+
+def test_unreadable_image_is_a_clear_error(tmp_path, checkpoint):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not pixels")
+    result = runner.invoke(app, ["compress", str(not_an_image), "-c", str(checkpoint), "-o", str(tmp_path / "x.segpic")])
+    assert result.exit_code == 1
+    assert "notes.png" in result.output and "cannot read the image" in result.output
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, photo_png):
+    missing = tmp_path / "absent.pt"
+    result = runner.invoke(app, ["compress", str(photo_png), "-c", str(missing), "-o", str(tmp_path / "x.segpic")])
+    assert result.exit_code == 1
+    assert "absent.pt" in result.output and "Traceback" not in result.output

@@ -1,0 +1,216 @@
+"""Ingest: bad inputs are fixed or skipped with a reason, killed runs resume, job arrays compose."""
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.images import ImageLimits, ImageRejected, prepare_image
+from pipeline.ingest import STAGING_DIR, IngestConfig, ingest
+from pipeline.manifest import read_manifest
+from pipeline.sample import sample_photo_paths
+from pipeline.shards import list_shards, read_rows
+
+GOOD = sample_photo_paths()[3]  # rocket.jpg
+PIXELS = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90° clockwise
+    return encode(Image.fromarray(PIXELS), "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def rows_by_id(directory) -> dict[str, dict]:
+    return {row["id"]: row for path in list_shards(directory) for row in read_rows(path)}
+
+
+def decoded(row: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"))
+
+
+BAD_INPUTS = {
+    "good.jpg": lambda: GOOD.read_bytes(),
+    "truncated.jpg": lambda: GOOD.read_bytes()[: GOOD.stat().st_size // 2],
+    "random.jpg": lambda: np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+    "cmyk.jpg": lambda: encode(Image.fromarray(PIXELS).convert("CMYK"), "JPEG", quality=95),
+    "gray16.png": lambda: encode(Image.fromarray((PIXELS[..., 0].astype(np.uint16) * 257)), "PNG"),
+    "gray8.png": lambda: encode(Image.fromarray(PIXELS[..., 1]), "PNG"),
+    "alpha.png": lambda: encode(Image.fromarray(np.dstack([PIXELS, np.full(PIXELS.shape[:2], 0, np.uint8)])), "PNG"),
+    "graya.png": lambda: encode(Image.fromarray(PIXELS[..., :2].copy(), "LA"), "PNG"),
+    "rotated.jpg": rotated_jpeg,
+    "tiny.png": lambda: encode(Image.fromarray(PIXELS[:32, :32]), "PNG"),
+    "bomb.png": lambda: encode(Image.new("RGB", (1000, 1000), (9, 9, 9)), "PNG"),
+}
+LIMITS = ImageLimits(max_pixels=700 * 700)  # above rocket.jpg (640x427), below the bomb
+
+
+@pytest.fixture(scope="module")
+def bad_input_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad_inputs")
+    for name, make in BAD_INPUTS.items():
+        (folder / name).write_bytes(make())
+    out = folder.parent / (folder.name + "_shards")
+    summary = ingest(IngestConfig(source=str(folder), out=out, limits=LIMITS))
+    return summary, out
+
+
+def test_bad_inputs_are_skipped_with_their_reasons(bad_input_run):
+    summary, out = bad_input_run
+    manifest = read_manifest(out)
+    assert {note.id: note.reason for note in manifest.skipped} == {
+        "truncated.jpg": "corrupt",
+        "random.jpg": "corrupt",
+        "tiny.png": "too-small",
+        "bomb.png": "too-large",
+    }
+    assert (summary.written, summary.skipped, summary.fixed) == (7, 4, 5)
+    assert summary.skip_reasons == {"corrupt": 2, "too-small": 1, "too-large": 1}
+    assert "7 images written, 4 skipped (2 corrupt, 1 too-large, 1 too-small), 5 fixed" in summary.line()
+
+
+def test_readable_modes_keep_their_original_bytes(bad_input_run):
+    rows = rows_by_id(bad_input_run[1])
+    assert rows["good.jpg"]["image"]["bytes"] == GOOD.read_bytes()
+    assert rows["gray8.png"]["image"]["bytes"] == BAD_INPUTS["gray8.png"]()
+
+
+def test_fixes_are_named_and_reencoded_as_rgb_png(bad_input_run):
+    manifest = read_manifest(bad_input_run[1])
+    assert {note.id: note.reason for note in manifest.fixed} == {
+        "cmyk.jpg": "colour-mode",
+        "gray16.png": "16-bit",
+        "alpha.png": "alpha",
+        "graya.png": "alpha",
+        "rotated.jpg": "exif-rotation",
+    }
+    rows = rows_by_id(bad_input_run[1])
+    for name in ("cmyk.jpg", "gray16.png", "alpha.png", "graya.png", "rotated.jpg"):
+        image = Image.open(io.BytesIO(rows[name]["image"]["bytes"]))
+        assert (image.format, image.mode) == ("PNG", "RGB"), name
+        assert rows[name]["image"]["path"] == name.rsplit(".", 1)[0] + ".png"
+
+
+def test_fixed_pixels_are_the_obvious_ones(bad_input_run):
+    rows = rows_by_id(bad_input_run[1])
+    assert np.array_equal(decoded(rows["gray16.png"]), np.repeat(PIXELS[..., :1], 3, axis=2))
+    assert np.array_equal(decoded(rows["alpha.png"]), np.full_like(PIXELS, 255))  # transparent over white
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(rotated_jpeg()))).convert("RGB")
+    assert (rows["rotated.jpg"]["width"], rows["rotated.jpg"]["height"]) == (96, 128)
+    assert np.array_equal(decoded(rows["rotated.jpg"]), np.asarray(upright))
+    cmyk = Image.open(io.BytesIO(BAD_INPUTS["cmyk.jpg"]())).convert("RGB")
+    assert np.array_equal(decoded(rows["cmyk.jpg"]), np.asarray(cmyk))
+
+
+def test_bomb_is_rejected_from_its_header_alone():
+    header_only = encode(Image.new("L", (30_000, 30_000)), "PNG")[:200]
+    with pytest.raises(ImageRejected, match="too-large"):
+        prepare_image(header_only, ImageLimits(max_pixels=10**8))
+
+
+def ingest_sample(out, **overrides) -> IngestConfig:
+    settings = {"source": "sample", "out": out, "shard_bytes": 900_000, "row_group_bytes": 300_000, **overrides}
+    return IngestConfig(**settings)
+
+
+KILL_AFTER_TWO_PARTS = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from pipeline import ingest as module
+    saves = []
+    original = module.PartLog.save
+    def save_then_die(self, path):
+        if len(saves) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # the third part's file is in place, its log is not
+        saves.append(path)
+        original(self, path)
+    module.PartLog.save = save_then_die
+    module.ingest(module.IngestConfig("sample", Path(sys.argv[1]), shard_bytes=900_000, row_group_bytes=300_000))
+    """
+)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_losing_or_duplicating_images(tmp_path):
+    reference = ingest(ingest_sample(tmp_path / "straight"))
+    out = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_PARTS, str(out)], capture_output=True)
+    assert killed.returncode == -9
+    assert sorted(path.name for path in out.iterdir()) == [STAGING_DIR]  # nothing final is visible
+    logs = sorted((out / STAGING_DIR).glob("part-*.json"))
+    assert len(logs) == 2
+    logged_rows = sum(json.loads(log.read_text())["rows"] for log in logs)
+
+    resumed = ingest(ingest_sample(out))
+    assert resumed.written == reference.written - logged_rows
+    assert [path.name for path in list_shards(out)] == [path.name for path in list_shards(tmp_path / "straight")]
+    assert rows_by_id(out) == rows_by_id(tmp_path / "straight")
+    assert [entry.sha256 for entry in read_manifest(out).shards] == [
+        entry.sha256 for entry in read_manifest(tmp_path / "straight").shards
+    ]
+    assert not (out / STAGING_DIR).exists()
+
+
+def test_failure_mid_shard_leaves_no_partial_file_and_rerun_completes(tmp_path, monkeypatch):
+    from pipeline import ingest as module
+
+    calls = []
+
+    def failing_prepare(data, limits):
+        calls.append(1)
+        if len(calls) == 6:
+            raise MemoryError("injected")
+        return prepare_image(data, limits)
+
+    monkeypatch.setattr(module, "prepare_image", failing_prepare)
+    with pytest.raises(MemoryError):
+        ingest(ingest_sample(tmp_path, workers=1))
+    assert not list(tmp_path.rglob("*.incomplete"))
+    assert not list(tmp_path.glob("part-*"))
+    monkeypatch.undo()
+    summary = ingest(ingest_sample(tmp_path))
+    assert summary.complete and sorted(rows_by_id(tmp_path)) == sorted(path.name for path in sample_photo_paths())
+
+
+def test_finished_run_is_not_redone_and_other_settings_are_refused(sample_image_shards):
+    again = ingest(IngestConfig(source="sample", out=sample_image_shards, shard_bytes=1_500_000, row_group_bytes=400_000))
+    assert (again.written, again.total_rows, again.shards) == (0, 10, 3)
+    with pytest.raises(ValueError, match="other settings"):
+        ingest(IngestConfig(source="sample", out=sample_image_shards, limit=3))
+
+
+def test_job_array_shards_cover_the_source_once(tmp_path):
+    for index in (2, 0):
+        summary = ingest(ingest_sample(tmp_path, shard_index=index, num_shards=3))
+        assert not summary.complete
+    assert not read_manifest(tmp_path).complete
+    summary = ingest(ingest_sample(tmp_path, shard_index=1, num_shards=3))
+    assert summary.complete and read_manifest(tmp_path).complete
+    ids = [row["id"] for path in list_shards(tmp_path) for row in read_rows(path, ["id"])]
+    photos = [path.name for path in sample_photo_paths()]
+    assert ids == photos[0::3] + photos[1::3] + photos[2::3]
+
+
+def test_cli_prints_the_summary_and_turns_bad_sources_into_one_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["ingest", "sample", "--out", str(tmp_path / "out"), "--limit", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "2 images written, 0 skipped" in result.output
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["rows"] == 2
+    result = runner.invoke(app, ["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "not a source" in result.output and "Traceback" not in result.output
