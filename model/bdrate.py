@@ -55,7 +55,9 @@ def _interpolation(method: str) -> Interpolation:
     return INTERPOLATIONS[method]
 
 
-def _points(rates: Sequence[float], quality: Sequence[float], what: str, method: Interpolation) -> tuple[np.ndarray, np.ndarray]:
+def _points(
+    rates: Sequence[float], quality: Sequence[float], what: str, method: Interpolation
+) -> tuple[np.ndarray, np.ndarray]:
     """(log rate, quality) as float arrays, validated for `method`."""
     rates_array, quality_array = np.asarray(rates, dtype=float), np.asarray(quality, dtype=float)
     if rates_array.ndim != 1 or rates_array.shape != quality_array.shape:

@@ -26,16 +26,21 @@ REFERENCE_PREFIX = "ref:"
 REFERENCE_FILE = "published_curves.json"
 
 
-def _ms_ssim_db(results: Mapping[str, Sequence[float]]) -> list[float] | None:
+def _complete(results: Mapping[str, Sequence[float | None]], key: str) -> list[float] | None:
+    """The values under `key`, or None when absent or when any point lacks it (e.g. MS-SSIM of tiny images)."""
+    values = results.get(key)
+    return None if values is None or any(value is None for value in values) else list(values)
+
+
+def _ms_ssim_db(results: Mapping[str, Sequence[float | None]]) -> list[float] | None:
     if "ms-ssim-db" in results:
-        return list(results["ms-ssim-db"])
-    if "ms-ssim-rgb" in results:
-        return [-10 * math.log10(max(1 - value, 1e-12)) for value in results["ms-ssim-rgb"]]
-    return None
+        return _complete(results, "ms-ssim-db")
+    linear = _complete(results, "ms-ssim-rgb")
+    return None if linear is None else [-10 * math.log10(max(1 - value, 1e-12)) for value in linear]
 
 
-def _psnr(results: Mapping[str, Sequence[float]]) -> list[float] | None:
-    return list(results["psnr-rgb"]) if "psnr-rgb" in results else None
+def _psnr(results: Mapping[str, Sequence[float | None]]) -> list[float] | None:
+    return _complete(results, "psnr-rgb")
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class QualityMetric:
     name: str
     title: str
     label: str
-    read: Callable[[Mapping[str, Sequence[float]]], list[float] | None]
+    read: Callable[[Mapping[str, Sequence[float | None]]], list[float] | None]
 
 
 QUALITY_METRICS: dict[str, QualityMetric] = {
@@ -204,7 +209,7 @@ def comparison_document(rows: Sequence[ComparisonRow], anchor: str, method: str)
 
 
 def plot_curves(curves: Sequence[RDCurve], anchor: str, path: Path) -> None:
-    """RD plot, one panel per metric that any curve has, a curve keeps its colour across panels; Agg canvas, no display."""
+    """RD plot, one panel per metric any curve has; a curve keeps its colour across panels (Agg, no display)."""
     metrics = [metric for metric in QUALITY_METRICS.values() if any(metric.name in c.quality for c in curves)]
     figure = Figure(figsize=(6 * max(len(metrics), 1), 4.5), layout="constrained")
     for axes, metric in zip(figure.subplots(1, max(len(metrics), 1), squeeze=False)[0], metrics):
@@ -241,7 +246,7 @@ def write_points_csv(curves: Sequence[RDCurve], path: Path) -> None:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """`inputs`: results JSON paths and `ref:<key>` names; `anchor`: a curve name (a `ref:` anchor is added if absent)."""
+    """`inputs`: results JSON paths and `ref:<key>` names; `anchor`: a curve name (a `ref:` one is added if absent)."""
 
     inputs: tuple[str, ...]
     anchor: str

@@ -194,7 +194,11 @@ class ChannelAutoregressiveCodec(CompressionModel):
         return torch.cat(decoded, dim=1), torch.cat(likelihoods, dim=1)
 
     def slices_compress(self, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor) -> list[bytes]:
-        """One y stream per image of the batch."""
+        """One y stream per image of the batch.
+
+        Only the first MAX_SUPPORT_SLICES ŷ slices condition later ones, so the encoder
+        (which needs no reconstruction) skips the LRP of the rest.
+        """
         decoded: list[torch.Tensor] = []
         symbols, indexes = [], []
         for index, y_slice in enumerate(y.chunk(NUM_SLICES, dim=1)):
@@ -202,7 +206,8 @@ class ChannelAutoregressiveCodec(CompressionModel):
             slice_symbols = self.gaussian_conditional.quantize(y_slice, "symbols", mu)
             symbols.append(slice_symbols)
             indexes.append(build_indexes(self.gaussian_conditional, sigma))
-            decoded.append(self._refine(index, mean_support, slice_symbols + mu))
+            if index < MAX_SUPPORT_SLICES:
+                decoded.append(self._refine(index, mean_support, slice_symbols + mu))
         all_symbols, all_indexes = torch.cat(symbols, dim=1), torch.cat(indexes, dim=1)
         tables = self.rans_tables()
         return [encode_symbols(all_symbols[b], all_indexes[b], tables) for b in range(y.shape[0])]

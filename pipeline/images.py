@@ -5,6 +5,8 @@ The rule, applied in this order:
    are rejected (`corrupt`).
 2. Images with more than `max_pixels` pixels are rejected (`too-large`) from their
    header alone, before any decoding: a decompression bomb never gets allocated.
+   Pillow's own bomb check (2 × `Image.MAX_IMAGE_PIXELS`, the default here) applies
+   as well, so a larger `max_pixels` also needs that global raised.
 3. Images whose shorter side is under `min_side` pixels are rejected (`too-small`):
    the codec downsamples by 64.
 4. Modes every reader turns into RGB exactly with `convert("RGB")` (RGB, grayscale `L`,
@@ -12,9 +14,11 @@ The rule, applied in this order:
    **original encoded bytes**.
 5. Everything else is fixed and re-encoded losslessly as an RGB PNG, and the fix is
    named (the manifest records it): EXIF orientation is applied to the pixels
-   (`exif-rotation`); CMYK and YCbCr/LAB are converted to RGB (`colour-mode`); 16/32-bit
-   integer pixels are scaled to 8 bits (`16-bit`); alpha is composited over white
-   (`alpha`). Floating-point and other exotic modes are rejected (`unsupported-mode`).
+   (`exif-rotation`); CMYK and YCbCr/LAB are converted to RGB (`colour-mode`); 16-bit
+   samples become 8-bit (`16-bit`: grayscale scaled by 255/65535, 48-bit RGB keeps the
+   high byte as Pillow decodes it; 32-bit integer grayscale is read as 16-bit unless
+   every value fits in 8 bits); alpha is composited over white (`alpha`).
+   Floating-point and other exotic modes are rejected (`unsupported-mode`).
 """
 
 import io
@@ -22,7 +26,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own bomb threshold (twice MAX_IMAGE_PIXELS)
 DEFAULT_MIN_SIDE = 64
@@ -72,7 +76,7 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
         raise ImageRejected("too-large", str(error)) from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except Exception as error:  # Pillow's plugins raise assorted types on malformed headers
         raise ImageRejected("corrupt", f"not a readable image ({error})") from error
     width, height = image.size
     if width * height > limits.max_pixels:
@@ -85,8 +89,16 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
 def _decode_fully(image: Image.Image) -> None:
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError) as error:
+    except Exception as error:  # truncated or damaged data surfaces as assorted types
         raise ImageRejected("corrupt", f"decoding failed ({error})") from error
+
+
+def _has_16_bit_samples(image: Image.Image) -> bool:
+    """True for files with 16-bit samples that Pillow reads as 8-bit modes (48-bit RGB PNG).
+
+    Only visible in the decoder's raw mode (`RGB;16B`), which `load()` discards.
+    """
+    return any(";16" in str(tile.args) for tile in image.tile)
 
 
 def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
@@ -112,12 +124,15 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
 def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedImage:
     """Validate encoded image bytes; keep them when readers need no fix, else re-encode as PNG."""
     image = _open(data, limits)
+    wide = _has_16_bit_samples(image)
     _decode_fully(image)
     rotated = image.getexif().get(EXIF_ORIENTATION_TAG, 1) not in (0, 1)
     plain_palette = image.mode == "P" and "transparency" not in image.info
-    if not rotated and (image.mode in KEPT_MODES or plain_palette):
+    if not rotated and not wide and (image.mode in KEPT_MODES or plain_palette):
         return PreparedImage(data, image.width, image.height, ())
     rgb, fixes = _to_rgb(image)
+    if wide and "16-bit" not in fixes:
+        fixes.append("16-bit")
     if rotated:
         rgb.info["exif"] = image.info.get("exif", b"")
         rgb = ImageOps.exif_transpose(rgb)

@@ -51,7 +51,7 @@ from pipeline.shards import (
     ShardWriter,
     shard_name,
 )
-from pipeline.sources import SourceRecord, open_source
+from pipeline.sources import ImageSource, SourceRecord, open_source
 
 STAGING_DIR = ".ingest-staging"
 JOBS_DIR = ".ingest-jobs"
@@ -213,8 +213,14 @@ def _summary(config: IngestConfig, logs: list[PartLog], manifest: Manifest, seco
     )
 
 
-def _progress(config: IngestConfig, done: int) -> tqdm:
-    return tqdm(desc=f"ingest {config.source}", unit="img", initial=done, total=config.limit, disable=not config.progress)
+def _progress(config: IngestConfig, source: ImageSource, done: int) -> tqdm:
+    """Images/s and, when the source knows its size, ETA for this run's share of the records."""
+    total = source.count()
+    if total is not None and config.limit is not None:
+        total = min(total, config.limit)
+    if total is not None and config.num_shards is not None:
+        total = len(range(config.shard_index, total, config.num_shards))
+    return tqdm(desc=f"ingest {config.source}", unit="img", initial=done, total=total, disable=not config.progress)
 
 
 def _claim(directory: Path, settings: dict[str, Any]) -> None:
@@ -226,12 +232,12 @@ def _claim(directory: Path, settings: dict[str, Any]) -> None:
     write_json_atomically(path, settings)
 
 
-def _finished_manifest(config: IngestConfig) -> Manifest | None:
-    """The manifest of an earlier identical single run that completed, if any."""
-    if not (config.out / MANIFEST_NAME).is_file() or (config.out / STAGING_DIR).exists():
+def _existing_manifest(config: IngestConfig) -> Manifest | None:
+    """The manifest already in OUT, if any; refuses one written with other settings."""
+    if not (config.out / MANIFEST_NAME).is_file():
         return None
     manifest = read_manifest(config.out)
-    if settings_hash(manifest.settings) != settings_hash(config.settings()) or not manifest.complete:
+    if settings_hash(manifest.settings) != settings_hash(config.settings()):
         raise ValueError(f"{config.out} already holds shards made with other settings; use another --out")
     return manifest
 
@@ -272,21 +278,17 @@ def _finalize(config: IngestConfig, logs: list[PartLog], seconds: float) -> Mani
     return manifest
 
 
-def _source_records(config: IngestConfig) -> Iterator[SourceRecord]:
-    return islice(open_source(config.source).records(), config.limit)
-
-
-def _ingest_single(config: IngestConfig) -> IngestSummary:
-    finished = _finished_manifest(config)
-    if finished is not None:
-        return _summary(config, [], finished, 0.0)
+def _ingest_single(config: IngestConfig, source: ImageSource) -> IngestSummary:
     staging = config.out / STAGING_DIR
+    finished = _existing_manifest(config)
+    if finished is not None and not staging.exists():
+        return _summary(config, [], finished, 0.0)
     _claim(staging, config.settings())
     earlier = _staged_logs(staging)
     consumed = sum(log.consumed for log in earlier)
-    records = islice(_source_records(config), consumed, None)
+    records = islice(source.records(), consumed, config.limit)
     logs: list[PartLog] = []
-    with _progress(config, consumed) as progress:
+    with _progress(config, source, consumed) as progress:
         outcomes = prepared_records(records, config.limits, config.workers)
         exhausted = False
         while not exhausted:
@@ -321,8 +323,9 @@ def _job_manifest(config: IngestConfig, jobs: Path) -> Manifest:
     return manifest
 
 
-def _ingest_job(config: IngestConfig) -> IngestSummary:
+def _ingest_job(config: IngestConfig, source: ImageSource) -> IngestSummary:
     jobs = config.out / JOBS_DIR
+    _existing_manifest(config)
     _claim(jobs, config.settings())
     name = shard_name(config.shard_index, config.num_shards)
     log_path = jobs / f"{name}.json"
@@ -330,11 +333,12 @@ def _ingest_job(config: IngestConfig) -> IngestSummary:
     if not (log_path.is_file() and (config.out / name).is_file()):
         mine = (
             record
-            for position, record in enumerate(_source_records(config))
+            for position, record in enumerate(islice(source.records(), config.limit))
             if position % config.num_shards == config.shard_index
         )
         started, log = time.perf_counter(), PartLog()
-        with _progress(config, 0) as progress, ShardWriter(config.out / name, IMAGE_SCHEMA, config.row_group_bytes) as writer:
+        writer = ShardWriter(config.out / name, IMAGE_SCHEMA, config.row_group_bytes)
+        with _progress(config, source, 0) as progress, writer:
             _fill_part(writer, prepared_records(mine, config.limits, config.workers), log, None, progress)
         log.seconds = time.perf_counter() - started
         log.save(log_path)
@@ -344,7 +348,8 @@ def _ingest_job(config: IngestConfig) -> IngestSummary:
 
 def ingest(config: IngestConfig) -> IngestSummary:
     """Turn `config.source` into image shards in `config.out`; resumes or completes earlier runs."""
+    source = open_source(config.source)
     config.out.mkdir(parents=True, exist_ok=True)
     if config.num_shards is None:
-        return _ingest_single(config)
-    return _ingest_job(config)
+        return _ingest_single(config, source)
+    return _ingest_job(config, source)

@@ -114,7 +114,7 @@ def finish_label_map(label_map: np.ndarray, rule: LabelMapRule, coverage: float,
 
 def canonical_relabel(label_map: np.ndarray) -> np.ndarray:
     """Renumber ids 0..n-1 by first appearance in raster order (equal partitions -> equal arrays)."""
-    values, inverse, first = np.unique(label_map.ravel(), return_inverse=True, return_index=True)
+    values, first, inverse = np.unique(label_map.ravel(), return_index=True, return_inverse=True)
     rank = np.empty(len(values), dtype=np.int32)
     rank[np.argsort(first, kind="stable")] = np.arange(len(values), dtype=np.int32)
     return rank[inverse].reshape(label_map.shape)

@@ -134,7 +134,7 @@ def shard_entry(path: Path, rows: int) -> ShardEntry:
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON under a unique temporary name and rename, so readers never see half a file (even with concurrent writers)."""
+    """Write JSON under a unique temporary name, then rename: readers never see half a file, even with concurrent writers."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".incomplete")
     with os.fdopen(descriptor, "w") as file:
         file.write(json.dumps(data, indent=2) + "\n")

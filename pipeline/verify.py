@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.manifest import read_manifest, shard_entry
+from pipeline.manifest import ShardEntry, read_manifest, shard_entry
 from pipeline.shards import IMAGE_KIND, MASK_KIND, SCHEMAS, missing_shards, shard_files, shard_kind
 
 MAX_ROW_PROBLEMS_PER_SHARD = 10
@@ -47,21 +47,21 @@ class VerifyReport:
 ImageRows = dict[str, list[tuple[str, int, int]]]
 
 
-def _check_files(directory: Path, kind: str, report: VerifyReport) -> list[Path]:
-    """Shard set completeness and manifest agreement; returns the files to read."""
+def _check_files(directory: Path, kind: str, report: VerifyReport) -> tuple[list[Path], dict[str, ShardEntry]]:
+    """Shard set completeness and manifest agreement; returns the files to read and their manifest entries."""
     try:
         files = shard_files(directory)
         report.problems += [f"{directory}: missing shard {name}" for name in missing_shards(directory)]
     except (FileNotFoundError, ValueError) as error:
         report.problems.append(str(error))
-        return []
+        return [], {}
     if not files:
         report.problems.append(f"{directory}: no shard files")
     try:
         manifest = read_manifest(directory)
     except (FileNotFoundError, ValueError) as error:
         report.problems.append(str(error))
-        return files
+        return files, {}
     if manifest.kind != kind:
         report.problems.append(f"{directory}/manifest.json: kind {manifest.kind!r}, expected {kind!r}")
     if not manifest.complete:
@@ -75,7 +75,7 @@ def _check_files(directory: Path, kind: str, report: VerifyReport) -> list[Path]
             report.problems.append(f"{path}: not listed in the manifest")
         elif shard_entry(path, entry.rows) != entry:
             report.problems.append(f"{path}: size or sha256 differs from the manifest (file damaged or replaced)")
-    return files
+    return files, listed
 
 
 def _check_schema(path: Path, kind: str, report: VerifyReport) -> pq.ParquetFile | None:
@@ -142,11 +142,14 @@ def _check_directory(directory: Path, kind: str, images: ImageRows | None, repor
     """Check one directory; for masks, `images` gives the rows they must align with."""
     seen: set[str] = set()
     collected: ImageRows = {}
-    for path in _check_files(directory, kind, report):
+    files, listed = _check_files(directory, kind, report)
+    for path in files:
         parquet = _check_schema(path, kind, report)
         if parquet is None:
             continue
         rows = _rows(parquet, path, report)
+        if path.name in listed and listed[path.name].rows != len(rows):
+            report.problems.append(f"{path}: {len(rows)} rows, the manifest says {listed[path.name].rows}")
         report.shards += 1
         report.rows += len(rows)
         collected[path.name] = [(row["id"], row.get("width"), row.get("height")) for row in rows]
@@ -178,5 +181,6 @@ def verify(config: VerifyConfig) -> VerifyReport:
     if config.masks is not None:
         masks = _check_directory(Path(config.masks), MASK_KIND, images, report)
         for name in sorted(set(images) - set(masks)):
-            report.problems.append(f"{config.masks}: no mask shard for image shard {name}")
+            if not any(name in problem for problem in report.problems):
+                report.problems.append(f"{config.masks}: no mask shard for image shard {name}")
     return report

@@ -32,7 +32,8 @@ def test_cubic_bd_rate_integrates_a_curved_difference():
     quality = [30.0, 31.0, 32.5, 34.0, 35.0, 36.0]
     anchor_rates = [math.exp(0.1 * (q - 30)) for q in quality]
     test_rates = [math.exp(0.1 * (q - 30) + 0.01 * (q - 33) ** 2) for q in quality]
-    assert bd_rate(anchor_rates, quality, test_rates, quality, "cubic") == pytest.approx(math.expm1(0.03) * 100, abs=1e-9)
+    expected = math.expm1(0.03) * 100
+    assert bd_rate(anchor_rates, quality, test_rates, quality, "cubic") == pytest.approx(expected, abs=1e-9)
 
 
 def test_only_the_shared_quality_range_counts():

@@ -55,7 +55,9 @@ def test_compare_writes_table_plot_and_points(tmp_path):
     rows = {row["curve"]: row["results"] for row in table["rows"]}
     assert rows["sam"]["psnr"]["bd_rate_percent"] == pytest.approx(-10.0, abs=1e-6)
     assert rows["sam"]["ms-ssim"]["bd_rate_percent"] == pytest.approx(-10.0, abs=1e-6)
-    assert rows["ref:wacnn"]["ms-ssim"] == {"bd_rate_percent": None, "bd_quality_db": None, "note": "no ms-ssim points in ref:wacnn"}
+    assert rows["ref:wacnn"]["ms-ssim"] == {
+        "bd_rate_percent": None, "bd_quality_db": None, "note": "no ms-ssim points in ref:wacnn"
+    }
 
     markdown = (out / "bdrate.md").read_text()
     assert "| sam | 4 | -10.00 % |" in markdown
@@ -102,3 +104,13 @@ def test_cli_unknown_reference_is_one_line_and_exit_1(tmp_path):
     assert result.exit_code == 1
     assert "unknown reference curve ref:nope" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_metric_missing_at_some_points_is_n_a(tmp_path):
+    """Eval writes null MS-SSIM when every image is too small for it: that metric is n/a, PSNR still counts."""
+    small = write_results(tmp_path / "s.json", "small", [0.2, 0.4, 0.7, 1.1], [28, 30, 32, 34], [None, 0.9, 0.95, 0.97])
+    other = write_results(tmp_path / "o.json", "other", [0.2, 0.4, 0.7, 1.1], [28, 30, 32, 34], [0.8, 0.9, 0.95, 0.97])
+    outputs = run_comparison(CompareConfig((str(other), str(small)), "other", tmp_path / "out"))
+    result = {row.curve: row for row in outputs.rows}["small"].results
+    assert result["psnr"].bd_rate_percent == pytest.approx(0.0, abs=1e-9)
+    assert result["ms-ssim"].bd_rate_percent is None and "no ms-ssim points in small" in result["ms-ssim"].note

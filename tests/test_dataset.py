@@ -1,7 +1,6 @@
 """The training data: aligned crops of image and label map, relabelling, seeded order."""
 
 import io
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

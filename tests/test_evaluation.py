@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from model.bitstream import CodecIdentity, SegpicFile, decode_file, image_to_tensor, tensor_to_image
-from model.checkpoints import load_codec, save_codec
+from model.checkpoints import load_codec, save_codec, save_official_checkpoint
 from model.evaluation.quality import psnr
 from model.evaluation.run import AVERAGED_METRICS, EvalConfig, evaluate, run_labels
 from model.segpic import SegPIC
@@ -129,7 +129,9 @@ def test_files_decode_to_the_saved_reconstructions_and_reported_psnr(evaluated, 
 
 def test_entropy_estimation_writes_no_files_and_sees_the_same_pictures(tmp_path, checkpoints, images, evaluated):
     _, coded = evaluated
-    config = EvalConfig(checkpoints[:1], images, tmp_path / "estimate.json", entropy_estimation=True, bitstreams=tmp_path / "bits")
+    config = EvalConfig(
+        checkpoints[:1], images, tmp_path / "estimate.json", entropy_estimation=True, bitstreams=tmp_path / "bits"
+    )
     document = evaluate(config)
     assert document["description"] == "Inference (entropy estimation)"
     assert not (tmp_path / "bits").exists()
@@ -145,7 +147,8 @@ def test_image_shards_are_accepted(tmp_path, checkpoints):
             buffer = io.BytesIO()
             picture = crop(index, (0, 0, 96, 72))
             picture.save(buffer, format="PNG")
-            writer.write({"id": identifier, "image": {"bytes": buffer.getvalue(), "path": None}, "width": 96, "height": 72})
+            image = {"bytes": buffer.getvalue(), "path": None}
+            writer.write({"id": identifier, "image": image, "width": 96, "height": 72})
     document = evaluate(EvalConfig(checkpoints[1:], shards, tmp_path / "r.json", bitstreams=tmp_path / "bits"))
     assert [row["image"] for row in document["per_image"]] == ["sample/coffee", "sample/rocket"]
     assert (tmp_path / "bits" / "checkpoint" / "sample_coffee.segpic").is_file()
@@ -183,3 +186,20 @@ def test_cli_eval_empty_image_folder_is_one_line_and_exit_1(tmp_path, checkpoint
     )
     assert result.exit_code == 1
     assert "no images" in result.output
+
+
+@pytest.mark.slow
+def test_published_layout_checkpoint_is_evaluated(tmp_path, images):
+    """A checkpoint in the published file layout (published widths, ~330 MB) codes real files too."""
+    torch.manual_seed(1)
+    checkpoint = tmp_path / "segpic_published_layout.pth"
+    save_official_checkpoint(checkpoint, SegPIC())
+    small = tmp_path / "images"
+    small.mkdir()
+    crop(3, (0, 0, 64, 64)).save(small / "rocket.png")
+    document = evaluate(EvalConfig((checkpoint,), small, tmp_path / "r.json", bitstreams=tmp_path / "bits"))
+    assert document["checkpoints"][0]["arch"] == "segpic"
+    assert (document["checkpoints"][0]["N"], document["checkpoints"][0]["M"]) == (192, 320)
+    row = document["per_image"][0]
+    assert row["stream_bytes"] * 8 / (64 * 64) == pytest.approx(row["bpp"], rel=1e-12)
+    assert (tmp_path / "bits" / "segpic_published_layout" / "rocket.segpic").stat().st_size == row["file_bytes"]

@@ -2,10 +2,13 @@
 
 import io
 import json
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -48,6 +51,7 @@ BAD_INPUTS = {
     "random.jpg": lambda: np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
     "cmyk.jpg": lambda: encode(Image.fromarray(PIXELS).convert("CMYK"), "JPEG", quality=95),
     "gray16.png": lambda: encode(Image.fromarray((PIXELS[..., 0].astype(np.uint16) * 257)), "PNG"),
+    "rgb48.png": lambda: cv2.imencode(".png", (PIXELS[..., ::-1].astype(np.uint16) * 257))[1].tobytes(),
     "gray8.png": lambda: encode(Image.fromarray(PIXELS[..., 1]), "PNG"),
     "alpha.png": lambda: encode(Image.fromarray(np.dstack([PIXELS, np.full(PIXELS.shape[:2], 0, np.uint8)])), "PNG"),
     "graya.png": lambda: encode(Image.fromarray(PIXELS[..., :2].copy(), "LA"), "PNG"),
@@ -77,9 +81,9 @@ def test_bad_inputs_are_skipped_with_their_reasons(bad_input_run):
         "tiny.png": "too-small",
         "bomb.png": "too-large",
     }
-    assert (summary.written, summary.skipped, summary.fixed) == (7, 4, 5)
+    assert (summary.written, summary.skipped, summary.fixed) == (8, 4, 6)
     assert summary.skip_reasons == {"corrupt": 2, "too-small": 1, "too-large": 1}
-    assert "7 images written, 4 skipped (2 corrupt, 1 too-large, 1 too-small), 5 fixed" in summary.line()
+    assert "8 images written, 4 skipped (2 corrupt, 1 too-large, 1 too-small), 6 fixed" in summary.line()
 
 
 def test_readable_modes_keep_their_original_bytes(bad_input_run):
@@ -93,12 +97,13 @@ def test_fixes_are_named_and_reencoded_as_rgb_png(bad_input_run):
     assert {note.id: note.reason for note in manifest.fixed} == {
         "cmyk.jpg": "colour-mode",
         "gray16.png": "16-bit",
+        "rgb48.png": "16-bit",
         "alpha.png": "alpha",
         "graya.png": "alpha",
         "rotated.jpg": "exif-rotation",
     }
     rows = rows_by_id(bad_input_run[1])
-    for name in ("cmyk.jpg", "gray16.png", "alpha.png", "graya.png", "rotated.jpg"):
+    for name in ("cmyk.jpg", "gray16.png", "rgb48.png", "alpha.png", "graya.png", "rotated.jpg"):
         image = Image.open(io.BytesIO(rows[name]["image"]["bytes"]))
         assert (image.format, image.mode) == ("PNG", "RGB"), name
         assert rows[name]["image"]["path"] == name.rsplit(".", 1)[0] + ".png"
@@ -107,6 +112,7 @@ def test_fixes_are_named_and_reencoded_as_rgb_png(bad_input_run):
 def test_fixed_pixels_are_the_obvious_ones(bad_input_run):
     rows = rows_by_id(bad_input_run[1])
     assert np.array_equal(decoded(rows["gray16.png"]), np.repeat(PIXELS[..., :1], 3, axis=2))
+    assert np.array_equal(decoded(rows["rgb48.png"]), PIXELS)
     assert np.array_equal(decoded(rows["alpha.png"]), np.full_like(PIXELS, 255))  # transparent over white
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(rotated_jpeg()))).convert("RGB")
     assert (rows["rotated.jpg"]["width"], rows["rotated.jpg"]["height"]) == (96, 128)
@@ -115,10 +121,21 @@ def test_fixed_pixels_are_the_obvious_ones(bad_input_run):
     assert np.array_equal(decoded(rows["cmyk.jpg"]), np.asarray(cmyk))
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature, IHDR and an empty IDAT: what a bomb looks like before its pixels."""
+    chunks = [b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0), b"IDAT"]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk)) for chunk in chunks
+    )
+
+
 def test_bomb_is_rejected_from_its_header_alone():
-    header_only = encode(Image.new("L", (30_000, 30_000)), "PNG")[:200]
-    with pytest.raises(ImageRejected, match="too-large"):
-        prepare_image(header_only, ImageLimits(max_pixels=10**8))
+    with pytest.raises(ImageRejected, match="too-large: 12000x12000 exceeds the 100000000-pixel limit"):
+        prepare_image(png_header(12_000, 12_000), ImageLimits(max_pixels=10**8))
+    with pytest.raises(ImageRejected, match="too-large"):  # past Pillow's own threshold too
+        prepare_image(png_header(30_000, 30_000), ImageLimits(max_pixels=10**8))
+    with pytest.raises(ImageRejected, match="corrupt"):  # within the limit, so decoding is tried and fails
+        prepare_image(png_header(300, 300), ImageLimits(max_pixels=10**8))
 
 
 def ingest_sample(out, **overrides) -> IngestConfig:
@@ -152,7 +169,7 @@ def test_killed_run_resumes_without_losing_or_duplicating_images(tmp_path):
     assert killed.returncode == -9
     assert sorted(path.name for path in out.iterdir()) == [STAGING_DIR]  # nothing final is visible
     logs = sorted((out / STAGING_DIR).glob("part-*.json"))
-    assert len(logs) == 2
+    assert len(logs) == 2 and len(list((out / STAGING_DIR).glob("part-*.parquet"))) == 3  # third: unlogged
     logged_rows = sum(json.loads(log.read_text())["rows"] for log in logs)
 
     resumed = ingest(ingest_sample(out))
@@ -187,7 +204,8 @@ def test_failure_mid_shard_leaves_no_partial_file_and_rerun_completes(tmp_path, 
 
 
 def test_finished_run_is_not_redone_and_other_settings_are_refused(sample_image_shards):
-    again = ingest(IngestConfig(source="sample", out=sample_image_shards, shard_bytes=1_500_000, row_group_bytes=400_000))
+    same = IngestConfig(source="sample", out=sample_image_shards, shard_bytes=1_500_000, row_group_bytes=400_000)
+    again = ingest(same)
     assert (again.written, again.total_rows, again.shards) == (0, 10, 3)
     with pytest.raises(ValueError, match="other settings"):
         ingest(IngestConfig(source="sample", out=sample_image_shards, limit=3))
@@ -214,3 +232,15 @@ def test_cli_prints_the_summary_and_turns_bad_sources_into_one_line(tmp_path):
     result = runner.invoke(app, ["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1
     assert "not a source" in result.output and "Traceback" not in result.output
+
+
+def test_cli_job_array_options_name_the_shard_and_must_come_together(tmp_path):
+    runner = CliRunner()
+    args = ["ingest", "sample", "--out", str(tmp_path), "--no-progress", "--limit", "4"]
+    result = runner.invoke(app, [*args, "--shard-index", "1", "--num-shards", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 images written" in result.output and "incomplete (other jobs pending)" in result.output
+    ids = [row["id"] for row in read_rows(tmp_path / "part-00001-of-00002.parquet", ["id"])]
+    assert ids == ["chelsea.png", "rocket.jpg"]
+    result = runner.invoke(app, [*args, "--shard-index", "1"])
+    assert result.exit_code == 1 and "go together" in result.output

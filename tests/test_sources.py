@@ -50,7 +50,8 @@ def test_sample_ids_are_file_names():
 def test_our_own_shards_keep_their_ids(sample_image_shards):
     source = open_source(str(sample_image_shards))
     assert isinstance(source, ParquetSource)
-    expected = {row["id"]: row["image"]["bytes"] for path in list_shards(sample_image_shards) for row in read_rows(path)}
+    rows = [row for path in list_shards(sample_image_shards) for row in read_rows(path)]
+    expected = {row["id"]: row["image"]["bytes"] for row in rows}
     assert collect(str(sample_image_shards)) == expected
 
 
@@ -59,7 +60,8 @@ def test_foreign_parquet_without_ids_is_addressed_by_file_and_row(tmp_path):
     values = [{"bytes": photo.read_bytes(), "path": photo.name} for photo in photos]
     struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     pq.write_table(pa.table({"label": [3, 4], "picture": pa.array(values, struct)}), tmp_path / "train.parquet")
-    assert collect(f"parquet:{tmp_path}") == {"train.parquet:0": values[0]["bytes"], "train.parquet:1": values[1]["bytes"]}
+    expected = {"train.parquet:0": values[0]["bytes"], "train.parquet:1": values[1]["bytes"]}
+    assert collect(f"parquet:{tmp_path}") == expected
     assert collect(str(tmp_path / "train.parquet")) == collect(f"parquet:{tmp_path}")
 
 

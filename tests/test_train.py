@@ -66,7 +66,7 @@ def test_tiny_training_lowers_the_loss_on_the_sample(shards, tmp_path):
     summary = train(config)
     trained = load_codec(config.checkpoint_path)
     assert summary["step"] == 30 and summary["nonfinite_steps"] == 0
-    assert fixed_crops_loss(trained, config.lmbda) < 0.8 * fixed_crops_loss(untrained, config.lmbda)
+    assert fixed_crops_loss(trained, config.lmbda) < 0.5 * fixed_crops_loss(untrained, config.lmbda)
 
 
 def test_a_run_writes_checkpoint_metrics_and_dvclive_plots(shards, tmp_path):
@@ -79,8 +79,10 @@ def test_a_run_writes_checkpoint_metrics_and_dvclive_plots(shards, tmp_path):
     assert math.isfinite(summary["val"]["loss"])
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["state_dict"]
+def test_wacnn_baseline_trains_through_the_same_loop(shards, tmp_path):
+    summary = train(tiny(shards, tmp_path, arch="wacnn", steps=2))
+    assert type(load_codec(tmp_path / "checkpoint.pt")).__name__ == "WACNN"
+    assert math.isfinite(summary["train"]["loss"])
 
 
 @pytest.mark.slow
@@ -131,6 +133,14 @@ def checkpoint_step(path: Path) -> int:
     if not path.is_file():
         return 0
     return torch.load(path, weights_only=True)["training"]["progress"]["step"]
+
+
+def test_resuming_a_finished_run_changes_nothing_and_still_reports(shards, tmp_path):
+    config = tiny(shards, tmp_path, steps=2)
+    first = train(config)
+    again = train(replace(config, resume=True))
+    assert again["step"] == 2 and again["weights_hash"] == first["weights_hash"]
+    assert again["val"] == first["val"]
 
 
 def test_resume_refuses_a_changed_experiment(shards, tmp_path):

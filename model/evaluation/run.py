@@ -32,7 +32,7 @@ AVERAGED_METRICS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What `segpic eval` does; `bitstreams`/`reconstructions` keep files (bitstreams go to a temporary folder otherwise)."""
+    """What `segpic eval` does; `bitstreams`/`reconstructions` keep files (else bitstreams go to a temporary folder)."""
 
     checkpoints: tuple[Path, ...]
     images: Path
@@ -43,6 +43,10 @@ class EvalConfig:
     bitstreams: Path | None = None
     grid: int = 4
     device: str = "cpu"
+
+    @property
+    def measurement(self) -> str:
+        return "entropy-estimation" if self.entropy_estimation else "coded"
 
 
 def run_labels(checkpoints: Sequence[Path]) -> list[str]:
@@ -96,7 +100,7 @@ def evaluate_checkpoint(
     model = load_codec(checkpoint, device=config.device)
     identity = CodecIdentity.of(model)
     codec = Codec(model, identity, config.grid, torch.device(config.device))
-    measurement = MEASUREMENTS["entropy-estimation" if config.entropy_estimation else "coded"]
+    measurement = MEASUREMENTS[config.measurement]
     run_dir = bitstream_dir / label
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -132,7 +136,7 @@ def evaluate(config: EvalConfig, progress: Callable[[str], None] = lambda line: 
         raise ValueError(f"grid must be between 1 and 255, got {config.grid}")
     images = collect_images(config.images)
     labels = run_labels(config.checkpoints)
-    measurement = MEASUREMENTS["entropy-estimation" if config.entropy_estimation else "coded"]
+    measurement = MEASUREMENTS[config.measurement]
     checkpoints, rows = [], []
     with tempfile.TemporaryDirectory(prefix="segpic-eval-") as scratch:
         bitstream_dir = Path(config.bitstreams) if config.bitstreams and measurement.writes_files else Path(scratch)

@@ -184,6 +184,8 @@ def train_loop(session: Session, metrics: MetricsLog | None) -> dict[str, dict[s
     guard = NonFiniteGuard(config.max_nonfinite, config.checkpoint_path)
     tracker = Tracker(metrics)
     show = config.progress and session.group.is_main
+    if progress.step >= config.steps and session.data.val is not None:
+        tracker.last["val"] = validate(session)  # resumed a finished run: still report where it stands
     with tqdm(total=config.steps, initial=progress.step, unit="step", disable=not show) as bar:
         while progress.step < config.steps:
             session.data.sampler.set_position(progress.epoch, progress.batch_in_epoch)

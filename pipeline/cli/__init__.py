@@ -5,6 +5,8 @@ import typer
 from pipeline.cli import about
 from pipeline.cli import codec
 from pipeline.cli import ingest
+from pipeline.cli import mask_stats
+from pipeline.cli import masks
 from pipeline.cli import evaluate
 from pipeline.cli import train
 from pipeline.cli import verify
@@ -23,6 +25,8 @@ app.command("ingest")(ingest.ingest)
 app.command("verify")(verify.verify)
 app.command("eval")(evaluate.eval_command)
 app.command("compare")(evaluate.compare_command)
+app.command("mask-stats")(mask_stats.mask_stats)
+app.command("masks")(masks.masks)
 
 
 @app.callback()

@@ -22,13 +22,17 @@ def eval_command(
     entropy_estimation: Annotated[
         bool, typer.Option("--entropy-estimation", help="Rate from likelihoods in a forward pass, no bitstreams.")
     ] = False,
-    reconstructions: Annotated[Path | None, typer.Option(help="Write decoded images as PNG under DIR/<checkpoint>/.")] = None,
+    reconstructions: Annotated[
+        Path | None, typer.Option(help="Write decoded images as PNG under DIR/<checkpoint>/.")
+    ] = None,
     bitstreams: Annotated[Path | None, typer.Option(help="Keep the .segpic files under DIR/<checkpoint>/.")] = None,
     grid: Annotated[int, typer.Option(help="Prototype grid g (g×g regions) at test time.")] = 4,
     device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Compress and decompress every image with every checkpoint; print the averaged RD points."""
-    config = EvalConfig(tuple(checkpoints), images, out, name, entropy_estimation, reconstructions, bitstreams, grid, device)
+    config = EvalConfig(
+        tuple(checkpoints), images, out, name, entropy_estimation, reconstructions, bitstreams, grid, device
+    )
     with exit_on_user_error():
         document = evaluate(config, progress=_stderr)
     results = document["results"]
@@ -41,7 +45,9 @@ def eval_command(
 
 
 def compare_command(
-    results: Annotated[list[str], typer.Argument(help="Results JSON files and/or reference curves (ref:segpic, ref:wacnn).")],
+    results: Annotated[
+        list[str], typer.Argument(help="Results JSON files and/or reference curves (ref:segpic, ref:wacnn).")
+    ],
     anchor: Annotated[str, typer.Option(help="Curve everything is compared with: a results `name` or ref:<key>.")],
     out: Annotated[Path, typer.Option(help="Folder for bdrate.json, bdrate.md, rd.png and rd_points.csv.")],
     method: Annotated[str, typer.Option(help="Bjøntegaard interpolation: cubic (VCEG-M33) or pchip.")] = "cubic",

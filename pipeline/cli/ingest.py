@@ -1,4 +1,4 @@
-"""`segpic ingest SOURCE --out DIR`: images from a folder, a Hugging Face dataset, Parquet or `sample` -> image shards."""
+"""`segpic ingest SOURCE --out DIR`: a folder, a Hugging Face dataset, Parquet or `sample` -> image shards."""
 
 from pathlib import Path
 from typing import Annotated
@@ -13,11 +13,16 @@ from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, DEFAULT_SHARD_BYTES
 
 def ingest(
     source: Annotated[
-        str, typer.Argument(help="An image folder, `hf:NAME[:SPLIT]`, a Parquet file/folder (or `parquet:PATH`), or `sample`.")
+        str,
+        typer.Argument(help="An image folder, `hf:NAME[:SPLIT]`, a Parquet file/folder (or `parquet:PATH`), or `sample`."),
     ],
     out: Annotated[Path, typer.Option(help="Shard directory to write (part-NNNNN-of-NNNNN.parquet + manifest.json).")],
-    shard_bytes: Annotated[int, typer.Option(help="Close a shard once it holds this many image bytes.")] = DEFAULT_SHARD_BYTES,
-    row_group_bytes: Annotated[int, typer.Option(help="Parquet row-group size in image bytes.")] = DEFAULT_ROW_GROUP_BYTES,
+    shard_bytes: Annotated[
+        int, typer.Option(help="Close a shard once it holds this many image bytes.")
+    ] = DEFAULT_SHARD_BYTES,
+    row_group_bytes: Annotated[
+        int, typer.Option(help="Parquet row-group size in image bytes.")
+    ] = DEFAULT_ROW_GROUP_BYTES,
     max_pixels: Annotated[int, typer.Option(help="Reject larger images (decompression bombs).")] = DEFAULT_MAX_PIXELS,
     min_side: Annotated[int, typer.Option(help="Reject images with a shorter side.")] = DEFAULT_MIN_SIDE,
     limit: Annotated[int | None, typer.Option(help="Only the first LIMIT images of the source.")] = None,

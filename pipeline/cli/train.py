@@ -29,6 +29,7 @@ def train(
     aux_lr: Annotated[float | None, typer.Option(help="Adam learning rate of the bottlenecks' quantiles.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of initialisation, order and crops.")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    decoded_cache_mb: Annotated[int | None, typer.Option(help="Decoded-image cache per loader process (MiB).")] = None,
     val_images: Annotated[Path | None, typer.Option(help="Separate validation image shards.")] = None,
     val_masks: Annotated[Path | None, typer.Option(help="Mask shards aligned with --val-images.")] = None,
     val_count: Annotated[int | None, typer.Option(help="Images held out for validation without --val-images.")] = None,
@@ -39,6 +40,7 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast on GPU (ignored on CPU).")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per process.")] = None,
+    live_dir: Annotated[Path | None, typer.Option(help="dvclive directory (default OUT/live).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train with the published objective and write OUT/checkpoint.pt and OUT/metrics.json."""
@@ -59,6 +61,7 @@ def train(
             aux_lr=aux_lr,
             seed=seed,
             num_workers=workers,
+            decoded_cache_mb=decoded_cache_mb,
             val_images=val_images,
             val_masks=val_masks,
             val_count=val_count,
@@ -69,6 +72,7 @@ def train(
             device=device,
             bf16=bf16,
             threads=threads,
+            live_dir=live_dir,
             progress=progress,
         )
         summary = run_training(config)

@@ -18,7 +18,11 @@ class SourceRecord:
 
 
 class ImageSource(ABC):
-    """A kind of image collection, chosen by its SOURCE spec on the command line."""
+    """A kind of image collection, chosen by its SOURCE spec on the command line.
+
+    Subclasses are constructed from the spec alone and check there that the source exists,
+    raising ValueError/FileNotFoundError naming it if not.
+    """
 
     @staticmethod
     @abstractmethod
@@ -26,9 +30,9 @@ class ImageSource(ABC):
         """Whether `spec` names a source of this kind."""
 
     @abstractmethod
-    def __init__(self, spec: str) -> None:
-        """Check that the source exists; raise ValueError/FileNotFoundError naming it if not."""
-
-    @abstractmethod
     def records(self) -> Iterator[SourceRecord]:
         """Every image, always in the same order (resuming and job arrays rely on it)."""
+
+    def count(self) -> int | None:
+        """Number of records when known cheaply (for the progress bar's ETA), else None."""
+        return None

@@ -1,6 +1,7 @@
 """A local folder of image files, searched recursively (ImageNet `nXXXXXXXX/*.JPEG` or flat Flickr-style)."""
 
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 
 from pipeline.sources.base import ImageSource, SourceRecord
@@ -20,8 +21,15 @@ class FolderSource(ImageSource):
         if not self.root.is_dir():
             raise FileNotFoundError(f"{spec}: no such folder")
 
-    def records(self) -> Iterator[SourceRecord]:
+    @cached_property
+    def relative_paths(self) -> list[str]:
+        """Image files under the root, relative and sorted: the ids, in source order."""
         paths = (path for path in self.root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
-        for relative in sorted(path.relative_to(self.root).as_posix() for path in paths):
-            path = self.root / relative
-            yield SourceRecord(id=relative, name=relative, read=path.read_bytes)
+        return sorted(path.relative_to(self.root).as_posix() for path in paths)
+
+    def records(self) -> Iterator[SourceRecord]:
+        for relative in self.relative_paths:
+            yield SourceRecord(id=relative, name=relative, read=(self.root / relative).read_bytes)
+
+    def count(self) -> int:
+        return len(self.relative_paths)

@@ -49,6 +49,9 @@ class ParquetSource(ImageSource):
         if not self.files:
             raise ValueError(f"{self.root}: no .parquet files")
 
+    def count(self) -> int:
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files)
+
     def records(self) -> Iterator[SourceRecord]:
         for path in self.files:
             parquet = pq.ParquetFile(path)

@@ -21,3 +21,6 @@ class SampleSource(ImageSource):
     def records(self) -> Iterator[SourceRecord]:
         for path in self.paths:
             yield SourceRecord(id=path.name, name=path.name, read=path.read_bytes)
+
+    def count(self) -> int:
+        return len(self.paths)

@@ -1,0 +1,19 @@
+"""`segpic mask-stats`: regions per image and coverage of each mask source, for the comparison."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli.errors import exit_on_user_error
+from pipeline.mask_stats import stats_table, write_mask_stats
+
+
+def mask_stats(
+    directories: Annotated[list[Path], typer.Argument(help="Mask shard directories, one per mask source.")],
+    out: Annotated[Path, typer.Option(help="JSON summary to write (a Markdown table is written beside it).")],
+) -> None:
+    """Summarise mask shards: regions per image, share of pixels covered, mean predicted IoU."""
+    with exit_on_user_error():
+        stats = write_mask_stats(directories, out)
+    typer.echo(stats_table(stats), nl=False)

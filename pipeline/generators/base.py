@@ -1,0 +1,98 @@
+"""The one interface every mask generator implements, and the registry that names them.
+
+A generator turns one decoded image into a `MaskResult` (an integer label map covering
+every pixel, plus statistics). Its settings are a frozen dataclass (`Config`) plus the
+shared `LabelMapRule`; `settings()` is what a mask shard records and what its hash
+(`settings_hash`) identifies, so a resumed run can tell finished shards made with the same
+settings from foreign ones.
+"""
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, get_type_hints
+
+import numpy as np
+
+from pipeline.label_maps import LabelMapRule, MaskResult
+from pipeline.manifest import settings_hash
+
+GENERATORS: dict[str, type["MaskGenerator"]] = {}
+RULE_FIELDS = tuple(field.name for field in dataclasses.fields(LabelMapRule))
+
+
+class MaskGenerator(ABC):
+    """Image (H, W, 3) uint8 -> label map; subclasses set `name` and `Config` and register."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, rule: LabelMapRule = LabelMapRule()) -> None:
+        self.config = config
+        self.rule = rule
+
+    @abstractmethod
+    def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
+        """Label map for `image`; `image_id` is the shard row's id (some sources match on it)."""
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that decides the output: generator, its config, the label-map rule."""
+        return {
+            "generator": self.name,
+            "config": dataclasses.asdict(self.config),
+            "rule": dataclasses.asdict(self.rule),
+            **self.identity(),
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """Extra settings that are not config fields (e.g. which weights); none by default."""
+        return {}
+
+    @property
+    def settings_hash(self) -> str:
+        return settings_hash(self.settings())
+
+
+def register(cls: type[MaskGenerator]) -> type[MaskGenerator]:
+    """Class decorator: make a generator available under its `name`."""
+    if cls.name in GENERATORS:
+        raise ValueError(f"mask generator {cls.name!r} is registered twice")
+    GENERATORS[cls.name] = cls
+    return cls
+
+
+def _parse_value(kind: Any, value: Any, key: str) -> Any:
+    """Convert a CLI string to the field's type (bool, int, float, str); typed values pass through."""
+    if not isinstance(value, str) or kind is str:
+        return value
+    if kind is bool:
+        if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+            raise ValueError(f"option {key}={value!r} is not a boolean")
+        return value.lower() in {"true", "1", "yes"}
+    converters: dict[Any, Callable[[str], Any]] = {int: int, float: float}
+    try:
+        return converters[kind](value)
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"option {key}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from error
+
+
+def config_from_options(config_type: type, options: Mapping[str, Any]) -> Any:
+    """Build a frozen config dataclass from `key -> value` options (strings are converted)."""
+    hints = get_type_hints(config_type)
+    unknown = sorted(set(options) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; {config_type.__name__} takes {', '.join(hints)}")
+    return config_type(**{key: _parse_value(hints[key], value, key) for key, value in options.items()})
+
+
+def build_generator(name: str, options: Mapping[str, Any] | None = None, **resources: Any) -> MaskGenerator:
+    """The generator `name` with `options` (config fields plus `speck_area`/`max_regions`).
+
+    `resources` are passed to the constructor (e.g. `model=` an injected SAM for tests).
+    """
+    if name not in GENERATORS:
+        raise ValueError(f"unknown mask generator {name!r}; choose one of {', '.join(sorted(GENERATORS))}")
+    options = dict(options or {})
+    rule_options = {key: options.pop(key) for key in RULE_FIELDS if key in options}
+    cls = GENERATORS[name]
+    return cls(config_from_options(cls.Config, options), config_from_options(LabelMapRule, rule_options), **resources)

@@ -1,0 +1,169 @@
+"""The masks stage: aligned mask shards from real image shards, resumable, readable by `datasets`."""
+
+import json
+import math
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.generators.grid import GridGenerator
+from pipeline.label_maps import decode_label_map
+from pipeline.manifest import read_manifest
+from pipeline.masks import MasksConfig, make_masks
+from pipeline.shards import IMAGE_SCHEMA, ShardWriter, list_shards, read_rows
+from pipeline.verify import VerifyConfig, verify
+
+
+def grid_config(images, out, **overrides) -> MasksConfig:
+    return MasksConfig(images=images, out=out, generator="grid", options=(("grid", "3"),), **overrides)
+
+
+def mask_tables(directory) -> dict[str, list[dict]]:
+    return {path.name: pq.read_table(path).to_pylist() for path in list_shards(directory)}
+
+
+def shard_bytes(directory) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in list_shards(directory)}
+
+
+def test_mask_shards_line_up_with_image_shards(sample_image_shards, tmp_path):
+    summary = make_masks(grid_config(sample_image_shards, tmp_path))
+    assert summary.complete and summary.failed == 0
+    image_shards = list_shards(sample_image_shards)
+    assert [path.name for path in list_shards(tmp_path)] == [path.name for path in image_shards]
+    for image_shard in image_shards:
+        images = list(read_rows(image_shard, ["id", "width", "height"]))
+        masks = list(read_rows(tmp_path / image_shard.name))
+        assert [row["id"] for row in masks] == [row["id"] for row in images]
+        for image, mask in zip(images, masks):
+            label_map = decode_label_map(mask["mask"]["bytes"])
+            assert label_map.shape == (image["height"], image["width"])
+            assert mask["num_regions"] == 9 == label_map.max() + 1
+            assert mask["generator"] == "grid" and len(mask["settings_hash"]) == 16
+
+
+def test_manifest_lists_every_mask_shard_with_its_checksum(sample_image_shards, tmp_path):
+    make_masks(grid_config(sample_image_shards, tmp_path))
+    manifest = read_manifest(tmp_path)
+    assert manifest.kind == "masks" and manifest.complete
+    assert [shard.name for shard in manifest.shards] == [path.name for path in list_shards(sample_image_shards)]
+    assert manifest.rows == 10 and manifest.settings["generator"] == "grid"
+
+
+def test_segpic_verify_accepts_the_mask_shards(sample_image_shards, tmp_path):
+    make_masks(grid_config(sample_image_shards, tmp_path))
+    report = verify(VerifyConfig(images=sample_image_shards, masks=tmp_path))
+    assert report.problems == [] and report.rows == 20
+
+
+def test_datasets_decodes_mask_shards(sample_image_shards, tmp_path):
+    make_masks(grid_config(sample_image_shards, tmp_path / "masks"))
+    files = [str(path) for path in list_shards(tmp_path / "masks")]
+    loaded = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
+    assert isinstance(loaded.features["mask"], datasets.Image)
+    first = loaded[0]
+    assert np.asarray(first["mask"]).max() == first["num_regions"] - 1
+
+
+def test_a_run_killed_mid_way_resumes_to_the_same_shards(sample_image_shards, tmp_path, monkeypatch):
+    make_masks(grid_config(sample_image_shards, tmp_path / "reference"))
+    calls = {"count": 0}
+    original = GridGenerator.generate
+
+    def dies_on_the_sixth_image(self, image, image_id):
+        calls["count"] += 1
+        if calls["count"] == 6:
+            raise KeyboardInterrupt  # the process is stopped mid-shard
+        return original(self, image, image_id)
+
+    monkeypatch.setattr(GridGenerator, "generate", dies_on_the_sixth_image)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        make_masks(grid_config(sample_image_shards, out))
+    finished = sorted(path.name for path in out.glob("*.parquet"))
+    assert 0 < len(finished) < 3 and not list(out.glob("*.incomplete"))
+    (out / "part-00002-of-00003.parquet.incomplete").write_bytes(b"left by a SIGKILL")
+    monkeypatch.setattr(GridGenerator, "generate", original)
+    summary = make_masks(grid_config(sample_image_shards, out))
+    assert summary.already_done == finished
+    assert shard_bytes(out) == shard_bytes(tmp_path / "reference")
+    assert not list(out.glob("*.incomplete")) and read_manifest(out).complete
+
+
+def test_other_settings_into_a_finished_directory_are_refused(sample_image_shards, tmp_path):
+    make_masks(grid_config(sample_image_shards, tmp_path))
+    with pytest.raises(ValueError, match="other settings"):
+        make_masks(MasksConfig(images=sample_image_shards, out=tmp_path, generator="grid", options=(("grid", "5"),)))
+
+
+def test_job_array_jobs_write_disjoint_shards_and_the_last_completes_the_set(sample_image_shards, tmp_path):
+    first = make_masks(grid_config(sample_image_shards, tmp_path, shard_index=0, num_shards=2))
+    assert first.written == ["part-00000-of-00003.parquet", "part-00002-of-00003.parquet"] and not first.complete
+    assert not read_manifest(tmp_path).complete
+    second = make_masks(grid_config(sample_image_shards, tmp_path, shard_index=1, num_shards=2))
+    assert second.written == ["part-00001-of-00003.parquet"] and second.complete
+    assert read_manifest(tmp_path).rows == 10
+
+
+def test_a_failing_image_keeps_its_row_and_is_listed_in_the_manifest(sample_image_shards, tmp_path, monkeypatch):
+    original = GridGenerator.generate
+
+    def fails_on_coffee(self, image, image_id):
+        if image_id.startswith("coffee"):
+            raise RuntimeError("model crashed")
+        return original(self, image, image_id)
+
+    monkeypatch.setattr(GridGenerator, "generate", fails_on_coffee)
+    summary = make_masks(grid_config(sample_image_shards, tmp_path))
+    assert summary.failed == 1 and summary.complete
+    rows = [row for rows in mask_tables(tmp_path).values() for row in rows]
+    assert len(rows) == 10
+    failed = [row for row in rows if row["id"].startswith("coffee")][0]
+    assert failed["num_regions"] == 0 and math.isnan(failed["mean_iou"])
+    assert decode_label_map(failed["mask"]["bytes"]).max() == 0
+    skipped = json.loads((tmp_path / "manifest.json").read_text())["skipped"]
+    assert [note["id"] for note in skipped] == [failed["id"]] and "model crashed" in skipped[0]["reason"]
+
+
+def test_felzenszwalb_masks_through_the_command_line(sample_image_shards, tmp_path):
+    out = tmp_path / "felzenszwalb"
+    args = ["masks", str(sample_image_shards), "--out", str(out), "--generator", "felzenszwalb",
+            "--set", "scale=800", "--set", "max_regions=20", "--no-progress", "--shard-index", "2", "--num-shards", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = list(read_rows(out / "part-00002-of-00003.parquet"))
+    assert rows and all(1 <= row["num_regions"] <= 20 for row in rows)
+    assert all(row["coverage"] == 1.0 for row in rows)
+
+
+def test_scoped_settings_apply_only_to_their_generator(sample_image_shards, tmp_path):
+    args = ["masks", str(sample_image_shards), "--out", str(tmp_path), "--generator", "grid", "--no-progress",
+            "--set", "sam.checkpoint=", "--set", "sam.model=vit_h", "--set", "felzenszwalb.scale=400", "--set", "grid.grid=2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert {row["num_regions"] for row in read_rows(tmp_path / "part-00000-of-00003.parquet")} == {4}
+    assert read_manifest(tmp_path).settings["config"] == {"grid": 2}
+
+
+def test_command_line_reports_bad_settings_in_one_line(sample_image_shards, tmp_path):
+    result = CliRunner().invoke(app, ["masks", str(sample_image_shards), "--out", str(tmp_path), "--set", "points"])
+    assert result.exit_code == 1
+    assert "KEY=VALUE" in result.output
+
+
+def test_an_undecodable_image_gets_a_failure_row_of_its_recorded_size(sample_image_shards, tmp_path):
+    images = tmp_path / "images"
+    good = next(read_rows(list_shards(sample_image_shards)[0]))
+    with ShardWriter(images / "part-00000-of-00001.parquet", IMAGE_SCHEMA) as writer:
+        writer.write({"id": "broken.jpg", "image": {"bytes": b"\xff\xd8 truncated", "path": None}, "width": 80, "height": 64})
+        writer.write(good)
+    summary = make_masks(grid_config(images, tmp_path / "masks"))
+    assert summary.failed == 1 and summary.images == 2
+    broken, decoded = read_rows(tmp_path / "masks" / "part-00000-of-00001.parquet")
+    assert broken["id"] == "broken.jpg" and broken["num_regions"] == 0
+    assert decode_label_map(broken["mask"]["bytes"]).shape == (64, 80)
+    assert decoded["id"] == good["id"] and decoded["num_regions"] == 9

@@ -1,0 +1,124 @@
+"""Verify: a good directory passes; damage, gaps, undecodable rows and misaligned masks are each reported."""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.manifest import MANIFEST_NAME, Manifest, shard_entry, write_manifest
+from pipeline.shards import IMAGE_SCHEMA, MASK_KIND, MASK_SCHEMA, ShardWriter, list_shards, read_rows, shard_name
+from pipeline.verify import VerifyConfig, verify
+
+runner = CliRunner()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def block_label_map(width: int, height: int) -> np.ndarray:
+    ys, xs = np.mgrid[0:height, 0:width]
+    return ((ys // 128) * 8 + xs // 128).astype(np.uint8)
+
+
+def write_masks(images, out, reorder: bool = False, size_of=None) -> None:
+    """Mask shards aligned with `images` (optionally with two rows swapped or label maps resized)."""
+    entries = []
+    for path in list_shards(images):
+        rows = list(read_rows(path, ["id", "width", "height"]))
+        if reorder and len(rows) > 1:
+            rows[0], rows[1] = rows[1], rows[0]
+        with ShardWriter(out / path.name, MASK_SCHEMA) as writer:
+            for row in rows:
+                width, height = size_of(row) if size_of else (row["width"], row["height"])
+                label_map = block_label_map(width, height)
+                writer.write(
+                    {"id": row["id"], "mask": {"bytes": png(label_map), "path": None},
+                     "num_regions": int(label_map.max()) + 1, "coverage": 1.0, "mean_iou": 0.0,
+                     "generator": "blocks", "settings_hash": "0"}
+                )
+        entries.append(shard_entry(out / path.name, len(rows)))
+    write_manifest(out, Manifest(kind=MASK_KIND, settings={"generator": "blocks"}, shards=entries))
+
+
+@pytest.fixture
+def images(sample_image_shards, tmp_path):
+    """A private copy of the sample shards, free to damage."""
+    return shutil.copytree(sample_image_shards, tmp_path / "images")
+
+
+def test_ingested_shards_and_aligned_masks_pass(images, tmp_path):
+    write_masks(images, tmp_path / "masks")
+    report = verify(VerifyConfig(images, tmp_path / "masks"))
+    assert report.ok, report.problems
+    assert (report.shards, report.rows) == (6, 20)
+    result = runner.invoke(app, ["verify", str(images), "--masks", str(tmp_path / "masks")])
+    assert result.exit_code == 0 and "verify: ok, 20 rows in 6 shards" in result.output
+
+
+def test_flipped_bytes_are_caught_and_exit_non_zero(images):
+    damaged = list_shards(images)[1]
+    data = bytearray(damaged.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(byte ^ 0xFF for byte in data[middle : middle + 64])
+    damaged.write_bytes(bytes(data))
+    report = verify(VerifyConfig(images))
+    assert any(damaged.name in problem and "sha256" in problem for problem in report.problems)
+    result = runner.invoke(app, ["verify", str(images)])
+    assert result.exit_code == 1
+    assert "sha256" in result.output and "problems" in result.output
+
+
+def test_missing_shard_and_missing_manifest_are_reported(images):
+    list_shards(images)[2].unlink()
+    problems = verify(VerifyConfig(images)).problems
+    assert any("missing shard part-00002-of-00003.parquet" in problem for problem in problems)
+    (images / MANIFEST_NAME).unlink()
+    assert any("no manifest" in problem for problem in verify(VerifyConfig(images)).problems)
+
+
+def test_row_counts_must_match_the_manifest(images):
+    manifest = json.loads((images / MANIFEST_NAME).read_text())
+    manifest["shards"][0]["rows"] += 1
+    (images / MANIFEST_NAME).write_text(json.dumps(manifest))
+    problems = verify(VerifyConfig(images)).problems
+    assert problems == [f"{images / manifest['shards'][0]['name']}: 4 rows, the manifest says 5"]
+
+
+def test_undecodable_row_is_named_even_when_checksums_match(tmp_path):
+    out = tmp_path / "images"
+    path = out / shard_name(0, 1)
+    with ShardWriter(path, IMAGE_SCHEMA) as writer:
+        for record, data, width in [
+            ("ok", png(np.zeros((70, 80), np.uint8)), 80),
+            ("garbage", b"\x89PNG not really", 80),
+            ("liar", png(np.zeros((70, 80), np.uint8)), 64),
+        ]:
+            writer.write({"id": record, "image": {"bytes": data, "path": None}, "width": width, "height": 70})
+    write_manifest(out, Manifest(kind="images", settings={}, shards=[shard_entry(path, 3)]))
+    problems = verify(VerifyConfig(out)).problems
+    assert len(problems) == 2
+    assert "'garbage': image does not decode" in problems[0]
+    assert "'liar': decodes to 80x70, recorded 64x70" in problems[1]
+
+
+def test_masks_out_of_order_are_misaligned(images, tmp_path):
+    write_masks(images, tmp_path / "masks", reorder=True)
+    problems = verify(VerifyConfig(images, tmp_path / "masks")).problems
+    assert len(problems) == 3
+    assert all("ids or their order differ from the image shard" in problem for problem in problems)
+
+
+def test_label_maps_of_the_wrong_size_and_missing_mask_shards(images, tmp_path):
+    write_masks(images, tmp_path / "masks", size_of=lambda row: (row["width"] // 2, row["height"]))
+    (tmp_path / "masks" / shard_name(1, 3)).unlink()
+    problems = verify(VerifyConfig(images, tmp_path / "masks")).problems
+    assert any("missing shard part-00001-of-00003.parquet" in problem for problem in problems)
+    assert any("'astronaut.png': label map is 256x512, its image 512x512" in problem for problem in problems)
