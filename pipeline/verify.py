@@ -133,8 +133,11 @@ def _mask_problem(row: dict, size: tuple[int, int] | None) -> str | None:
         return f"label map does not decode ({error})"
     if size is not None and mask.size != size:
         return f"label map is {mask.size[0]}x{mask.size[1]}, its image {size[0]}x{size[1]}"
-    if int(np.asarray(mask).max()) >= row["num_regions"]:
-        return f"label values reach {int(np.asarray(mask).max())}, num_regions is {row['num_regions']}"
+    highest = int(np.asarray(mask).max())
+    if row["num_regions"] == 0:  # the masks stage's marker for an image it could not label
+        return None if highest == 0 else f"failure marker (num_regions 0) holds labels up to {highest}"
+    if highest >= row["num_regions"]:
+        return f"label values reach {highest}, num_regions is {row['num_regions']}"
     return None
 
 

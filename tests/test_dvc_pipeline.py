@@ -47,6 +47,8 @@ def study(tmp_path_factory) -> Path:
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "config", "core.analytics", "false"], repo)
+    run(["git", "add", "-A"], repo)  # dvclive needs a repository with at least one commit
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "study"], repo)
     first = run(["dvc", "repro"], repo)
     (repo / "first-repro.log").write_text(first)
     return repo

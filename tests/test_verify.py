@@ -28,8 +28,9 @@ def block_label_map(width: int, height: int) -> np.ndarray:
     return ((ys // 128) * 8 + xs // 128).astype(np.uint8)
 
 
-def write_masks(images, out, reorder: bool = False, size_of=None) -> None:
-    """Mask shards aligned with `images` (optionally with two rows swapped or label maps resized)."""
+def write_masks(images, out, reorder: bool = False, size_of=None, failed=None) -> None:
+    """Mask shards aligned with `images` (optionally with two rows swapped, label maps resized, or one row
+    written as the masks stage's failure marker: num_regions 0 over the label map `failed` returns)."""
     entries = []
     for path in list_shards(images):
         rows = list(read_rows(path, ["id", "width", "height"]))
@@ -39,9 +40,12 @@ def write_masks(images, out, reorder: bool = False, size_of=None) -> None:
             for row in rows:
                 width, height = size_of(row) if size_of else (row["width"], row["height"])
                 label_map = block_label_map(width, height)
+                num_regions = int(label_map.max()) + 1
+                if failed is not None and row is rows[0]:
+                    label_map, num_regions = failed(label_map), 0
                 writer.write(
                     {"id": row["id"], "mask": {"bytes": png(label_map), "path": None},
-                     "num_regions": int(label_map.max()) + 1, "coverage": 1.0, "mean_iou": 0.0,
+                     "num_regions": num_regions, "coverage": 1.0, "mean_iou": 0.0,
                      "generator": "blocks", "settings_hash": "0"}
                 )
         entries.append(shard_entry(out / path.name, len(rows)))
@@ -122,3 +126,11 @@ def test_label_maps_of_the_wrong_size_and_missing_mask_shards(images, tmp_path):
     problems = verify(VerifyConfig(images, tmp_path / "masks")).problems
     assert any("missing shard part-00001-of-00003.parquet" in problem for problem in problems)
     assert any("'astronaut.png': label map is 256x512, its image 512x512" in problem for problem in problems)
+
+
+def test_failure_marker_rows_pass_only_when_their_label_map_is_empty(images, tmp_path):
+    write_masks(images, tmp_path / "empty", failed=np.zeros_like)
+    assert verify(VerifyConfig(images, tmp_path / "empty")).ok
+    write_masks(images, tmp_path / "labelled", failed=lambda label_map: label_map)
+    problems = verify(VerifyConfig(images, tmp_path / "labelled")).problems
+    assert any("failure marker" in problem for problem in problems), problems
