@@ -42,7 +42,7 @@ def study(tmp_path_factory) -> Path:
     params["ingest"]["source"] = str(photos)
     params["masks"]["generators"] = ["felzenszwalb", "grid"]
     params["train"]["lambdas"] = LAMBDAS
-    params["train"]["extra_args"] = "--steps 3 --val-count 1"
+    params["train"]["extra_args"] = "--steps 3 --batch-size 2 --val-count 1"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
