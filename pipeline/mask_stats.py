@@ -26,7 +26,13 @@ class MaskSourceStats:
     regions_median: float
     regions_max: int
     coverage_mean: float
-    mean_iou: float
+    mean_iou: float | None  # None for generators without a quality score (all but SAM)
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    """Mean over the finite values; None where there are none (JSON has no NaN)."""
+    finite = [value for value in values if value is not None and np.isfinite(value)]
+    return float(np.mean(finite)) if finite else None
 
 
 def summarize_mask_shards(directory: Path) -> MaskSourceStats:
@@ -47,7 +53,7 @@ def summarize_mask_shards(directory: Path) -> MaskSourceStats:
         regions_median=float(np.median(regions)),
         regions_max=int(regions.max()),
         coverage_mean=float(np.mean([row["coverage"] for row in rows])),
-        mean_iou=float(np.mean([row["mean_iou"] for row in rows])),
+        mean_iou=_mean_or_none([row["mean_iou"] for row in rows]),
     )
 
 
@@ -58,9 +64,10 @@ def stats_table(stats: list[MaskSourceStats]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for item in stats:
+        iou = "n/a" if item.mean_iou is None else f"{item.mean_iou:.3f}"
         lines.append(
             f"| {item.source} | {item.generator} | {item.images} | {item.regions_mean:.1f} | "
-            f"{item.regions_median:.0f} | {item.regions_max} | {item.coverage_mean:.1%} | {item.mean_iou:.3f} |"
+            f"{item.regions_median:.0f} | {item.regions_max} | {item.coverage_mean:.1%} | {iou} |"
         )
     return "\n".join(lines) + "\n"
 
