@@ -85,6 +85,14 @@ def _mean_difference(
     return (integrals[1] - integrals[0]) / (high - low)
 
 
+def _curves(anchor_rates, anchor_quality, test_rates, test_quality, method: str):
+    """The interpolation named `method` and both curves as validated (log-rate, quality) points."""
+    interpolation = _interpolation(method)
+    anchor = _points(anchor_rates, anchor_quality, "anchor", interpolation)
+    test = _points(test_rates, test_quality, "test", interpolation)
+    return interpolation, anchor, test
+
+
 def bd_rate(
     anchor_rates: Sequence[float],
     anchor_quality: Sequence[float],
@@ -93,9 +101,9 @@ def bd_rate(
     method: str = "cubic",
 ) -> float:
     """Average bitrate difference of test vs anchor at equal quality, in percent (negative: test saves)."""
-    interpolation = _interpolation(method)
-    log_anchor, quality_anchor = _points(anchor_rates, anchor_quality, "anchor", interpolation)
-    log_test, quality_test = _points(test_rates, test_quality, "test", interpolation)
+    interpolation, (log_anchor, quality_anchor), (log_test, quality_test) = _curves(
+        anchor_rates, anchor_quality, test_rates, test_quality, method
+    )
     mean = _mean_difference(quality_anchor, log_anchor, quality_test, log_test, interpolation, "quality")
     return float(np.expm1(mean) * 100)
 
@@ -108,7 +116,7 @@ def bd_quality(
     method: str = "cubic",
 ) -> float:
     """Average quality difference of test vs anchor at equal rate (BD-PSNR in dB for PSNR)."""
-    interpolation = _interpolation(method)
-    log_anchor, quality_anchor = _points(anchor_rates, anchor_quality, "anchor", interpolation)
-    log_test, quality_test = _points(test_rates, test_quality, "test", interpolation)
+    interpolation, (log_anchor, quality_anchor), (log_test, quality_test) = _curves(
+        anchor_rates, anchor_quality, test_rates, test_quality, method
+    )
     return float(_mean_difference(log_anchor, quality_anchor, log_test, quality_test, interpolation, "rate"))

@@ -6,12 +6,13 @@ and checked against its published sha256 before it is moved into place; with no 
 the error names the file expected and the URL to fetch it from.
 """
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.manifest import file_sha256
 
 DOWNLOAD_CHUNK_BYTES = 1 << 22
 DEFAULT_CACHE_DIR = Path(os.environ.get("SEGPIC_CACHE", Path.home() / ".cache" / "segpic")) / "sam"
@@ -47,19 +48,11 @@ OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {
 }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(DOWNLOAD_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch_weights(weights: OfficialWeights, cache_dir: Path) -> Path:
     """`cache_dir/<file_name>`, downloading and verifying it first when it is not there yet."""
     target = Path(cache_dir) / weights.file_name
     if target.is_file():
-        if _sha256(target) != weights.sha256:
+        if file_sha256(target) != weights.sha256:
             raise ValueError(f"{target}: sha256 does not match the published {weights.sha256}; delete it to re-download")
         return target
     partial = target.with_name(target.name + ".incomplete")
@@ -73,7 +66,7 @@ def fetch_weights(weights: OfficialWeights, cache_dir: Path) -> Path:
         raise SamWeightsUnavailable(
             f"no SAM checkpoint: expected {target} (or pass checkpoint=PATH); download it from {weights.url} ({error})"
         ) from error
-    if _sha256(partial) != weights.sha256:
+    if file_sha256(partial) != weights.sha256:
         partial.unlink()
         raise ValueError(f"{weights.url}: downloaded file's sha256 is not the published {weights.sha256}")
     partial.replace(target)
