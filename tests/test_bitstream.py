@@ -24,21 +24,14 @@ from model.bitstream import (
 from model.segpic import SegPIC
 from pipeline.sample import sample_photo_paths
 
+from random_codecs import random_segpic
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_codec(seed: int) -> SegPIC:
-    torch.manual_seed(seed)
-    model = SegPIC(N=24, M=40).eval()
-    with torch.no_grad():  # an untrained y rounds to zeros: amplify it so streams carry varied symbols
-        for parameter in model.g_a2[2].conv_a[2].conv[4].parameters():
-            parameter.mul_(30)
+    model = random_segpic(seed).eval()
     model.update(force=True)
     return model
 

@@ -12,24 +12,17 @@ from model.segpic import SegPIC
 from pipeline.cli import app
 from pipeline.sample import sample_photo_paths
 
+from random_codecs import random_segpic
+
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = SegPIC(N=24, M=40)
-    with torch.no_grad():  # an untrained y rounds to zeros: amplify it so streams carry varied symbols
-        for parameter in model.g_a2[2].conv_a[2].conv[4].parameters():
-            parameter.mul_(30)
+    model = random_segpic(0)
     path = tmp_path_factory.mktemp("codec") / "tiny.pt"
     save_codec(path, model, "segpic", {"N": 24, "M": 40})
     return path

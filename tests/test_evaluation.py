@@ -20,26 +20,19 @@ from pipeline.cli import app
 from pipeline.sample import sample_photo_paths
 from pipeline.shards import IMAGE_SCHEMA, ShardWriter, shard_name
 
+from random_codecs import random_segpic
+
 WIDTHS = {"N": 24, "M": 40}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Two tiny random codecs, one per architecture, saved in our format after update()."""
     folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    segpic = SegPIC(**WIDTHS)
-    with torch.no_grad():  # an untrained y rounds to zeros: amplify it so the y stream carries varied symbols
-        for parameter in segpic.g_a2[2].conv_a[2].conv[4].parameters():
-            parameter.mul_(30)
+    segpic = random_segpic(0, **WIDTHS)
     paths = []
     for arch, model in (("segpic", segpic), ("wacnn", WACNN(**WIDTHS))):
         model.update()

@@ -18,6 +18,8 @@ from model.entropy_coding import build_indexes
 from model.segpic import SegPIC
 from pipeline.sample import sample_photo_paths
 
+from random_codecs import random_segpic
+
 TINY = {"N": 24, "M": 40}
 LEGACY_LEAF = re.compile(r"\._(matrix|bias|factor)(\d+)$")
 PLURAL = {"matrix": "matrices", "bias": "biases", "factor": "factors"}
@@ -37,22 +39,12 @@ def two_region_mask(height: int, width: int) -> torch.Tensor:
     return mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: one thread per test process keeps small convolutions fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> SegPIC:
-    torch.manual_seed(0)
-    model = SegPIC(**TINY).eval()
-    with torch.no_grad():  # an untrained y rounds to zeros: amplify it so streams carry varied symbols
-        for parameter in model.g_a2[2].conv_a[2].conv[4].parameters():
-            parameter.mul_(30)
+    model = random_segpic(0, **TINY).eval()
     model.update(force=True)
     return model
 

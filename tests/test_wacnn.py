@@ -10,22 +10,15 @@ from model.segpic import SegPIC
 from model.wacnn import WACNN
 from pipeline.sample import sample_photo_paths
 
+from random_codecs import random_wacnn
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def wacnn() -> WACNN:
-    torch.manual_seed(0)
-    model = WACNN(N=32, M=40).eval()
-    with torch.no_grad():  # an untrained y rounds to zeros: amplify it so streams carry varied symbols
-        for parameter in model.g_a[8].conv_a[2].conv[4].parameters():
-            parameter.mul_(30)
+    model = random_wacnn(0).eval()
     model.update(force=True)
     return model
 
