@@ -137,6 +137,25 @@ def _row_bytes(row: dict[str, Any]) -> int:
     return sum(len(value["bytes"] or b"") if isinstance(value, dict) else 64 for value in row.values())
 
 
+def _column_options(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet writer options: picture bytes stored as they are, other columns snappy with dictionaries.
+
+    PNG and JPEG bytes are already compressed; compressing them again, or trying to
+    dictionary-encode them, gains nothing and costs time on every training read.
+    """
+    leaves = []
+    for field in schema:
+        if pa.types.is_struct(field.type):
+            leaves += [(f"{field.name}.{child.name}", field.type == IMAGE_STRUCT and child.name == "bytes")
+                       for child in field.type]
+        else:
+            leaves.append((field.name, False))
+    return {
+        "compression": {path: "NONE" if is_payload else "SNAPPY" for path, is_payload in leaves},
+        "use_dictionary": [path for path, is_payload in leaves if not is_payload],
+    }
+
+
 class ShardWriter:
     """Write one shard file atomically: rows go to `<path>.incomplete`, renamed on success.
 
@@ -163,7 +182,7 @@ class ShardWriter:
 
     def __enter__(self) -> "ShardWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(self.incomplete_path, self.schema)
+        self._writer = pq.ParquetWriter(self.incomplete_path, self.schema, **_column_options(self.schema))
         return self
 
     def write(self, row: dict[str, Any]) -> None:

@@ -54,6 +54,22 @@ def test_writer_renames_into_place_and_splits_row_groups_by_bytes(tmp_path):
     assert next(read_rows(path))["image"]["bytes"] == image_row(0)["image"]["bytes"]
 
 
+@pytest.mark.parametrize("schema", [IMAGE_SCHEMA, MASK_SCHEMA], ids=["images", "masks"])
+def test_picture_bytes_are_stored_plain_and_the_rest_compressed(schema, tmp_path):
+    path = tmp_path / shard_name(0, 1)
+    row = image_row(0) if schema is IMAGE_SCHEMA else {
+        "id": "m", "mask": {"bytes": b"png", "path": None}, "num_regions": 1, "coverage": 1.0,
+        "mean_iou": 0.0, "generator": "grid", "settings_hash": "h",
+    }
+    with ShardWriter(path, schema) as writer:
+        writer.write(row)
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    payload = columns.pop(f"{schema.names[1]}.bytes")
+    assert payload.compression == "UNCOMPRESSED" and "RLE_DICTIONARY" not in payload.encodings
+    assert {column.compression for column in columns.values()} == {"SNAPPY"}
+
+
 def test_writer_leaves_nothing_when_the_block_fails(tmp_path):
     path = tmp_path / shard_name(0, 1)
     with pytest.raises(RuntimeError), ShardWriter(path, IMAGE_SCHEMA) as writer:

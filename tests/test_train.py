@@ -17,7 +17,8 @@ from model.architectures import build_model
 from model.checkpoints import load_codec
 from model.training import distributed
 from model.training.config import Partition, TrainConfig, parse_partition, preset_config
-from model.training.crops import centre_window, decode_image
+from model.training.crops import centre_window
+from model.training.decoding import decode_image
 from model.training.objective import rate_distortion
 from model.training.state import capture_rng, restore_rng
 from model.training.trainer import NonFiniteGuard, NonFiniteLossError, open_session, save_checkpoint, train, train_loop, train_step

@@ -1,46 +1,16 @@
-"""Pixel plumbing of the training samples: decode, resize up, crop, flip, relabel.
+"""Pixel plumbing of the training samples after decoding: resize up, crop, flip, relabel.
 
-Decoding goes through PIL (as everywhere in the project, so stored ids and pixels read
-the same); the rest are numpy/OpenCV functions on uint8 images and integer label maps.
-Everything stays in the stored integer types until the crop is cut, so only crop-sized
-arrays are ever converted to float.
+These are numpy/OpenCV functions on uint8 images and integer label maps. Everything
+stays in the stored integer types until the crop is cut, so only crop-sized arrays are
+ever converted to float.
 """
 
-import io
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 cv2.setNumThreads(1)
-
-
-def _decode(data: bytes, record: str, what: str) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{what} of {record} cannot be decoded: {error}") from error
-    return image
-
-
-def decode_image(data: bytes, record: str) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 RGB (grayscale and palette images expanded)."""
-    image = _decode(data, record, "image")
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-
-
-def decode_label_map(data: bytes, record: str) -> np.ndarray:
-    """PNG label map bytes -> (H, W) integer array whose values are region ids (8- or 16-bit as stored)."""
-    labels = np.asarray(_decode(data, record, "label map"))
-    if labels.ndim != 2:
-        raise ValueError(f"label map of {record} is not a single-channel image (shape {labels.shape})")
-    if labels.dtype in (np.uint8, np.uint16):
-        return labels
-    if labels.dtype.kind not in "ui" or labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max:
-        raise ValueError(f"label map of {record} does not hold 8- or 16-bit region ids ({labels.dtype})")
-    return labels.astype(np.uint16)
 
 
 def resize_up(image: np.ndarray, label_map: np.ndarray | None, crop: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -16,14 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from model.training.config import TrainConfig
-from model.training.crops import (
-    centre_window,
-    decode_image,
-    decode_label_map,
-    random_window,
-    relabel,
-    resize_up,
-)
+from model.training.crops import centre_window, random_window, relabel, resize_up
+from model.training.decoding import decode_image, decode_label_map
 from model.training.records import (
     IMAGE_COLUMN,
     MASK_COLUMN,
