@@ -231,6 +231,20 @@ def test_validation_holds_out_the_same_ids_and_uses_centre_crops(coordinate_shar
     assert torch.equal(first[0]["image"], second[0]["image"])
 
 
+def test_images_the_masks_stage_could_not_label_are_left_out(coordinate_shards, tmp_path):
+    images, masks = coordinate_shards
+    failed = {**mask_row("img-1-1", np.zeros((140, 210), np.uint8)), "num_regions": 0}  # the failure marker
+    rows = [mask_row("img-1-0", block_label_map(160, 170)), failed, mask_row("img-1-2", block_label_map(48, 40))]
+    write_shard(masks / shard_name(1, 2), MASK_SCHEMA, rows)
+    data = build_training_data(loader_config(coordinate_shards, tmp_path, val_count=0))
+    assert data.unlabelled == ["img-1-1"]
+    assert "img-1-1" not in {record.id for record in data.train.dataset.records}
+    assert len(data.train.dataset) == 6
+    assert sum(len(batch["image"]) for batch in data.train) == 6
+    grid = build_training_data(loader_config(coordinate_shards, tmp_path, val_count=0, partition=Partition()))
+    assert grid.unlabelled == [] and len(grid.train.dataset) == 7
+
+
 def test_misaligned_mask_shards_name_the_file_and_record(coordinate_shards):
     images, masks = coordinate_shards
     rows = [mask_row(f"img-1-{i}", block_label_map(64, 64)) for i in range(3)]

@@ -209,6 +209,8 @@ class TrainingData:
     train: DataLoader
     val: DataLoader | None
     sampler: EpochSampler
+    unlabelled: list[str]
+    """Ids left out because the masks stage could not label them."""
 
 
 def _loader(dataset: CropDataset, batch_size: int, workers: int, sampler: Sampler | None) -> DataLoader:
@@ -231,9 +233,11 @@ def _loader(dataset: CropDataset, batch_size: int, workers: int, sampler: Sample
 def build_training_data(config: TrainConfig, rank: int = 0, world_size: int = 1) -> TrainingData:
     """Index the shards, hold out validation images and build the loaders for this rank."""
     records = index_records(config.images, config.partition.masks_dir)
+    held = index_records(config.val_images, config.val_masks) if config.val_images is not None else []
+    unlabelled = [record.id for record in records + held if record.unlabelled]
+    records = [record for record in records if not record.unlabelled]
     if config.val_images is not None:
-        train_records = records
-        val_records = index_records(config.val_images, config.val_masks)
+        train_records, val_records = records, [record for record in held if not record.unlabelled]
     elif config.val_count:
         train_records, val_records = split_records(records, config.val_count)
     else:
@@ -248,4 +252,4 @@ def build_training_data(config: TrainConfig, rank: int = 0, world_size: int = 1)
     if val_records:
         val_set = CropDataset(val_records, config.crop, config.seed, train=False, cache_bytes=cache_bytes)
         val = _loader(val_set, config.batch_size, 0, None)
-    return TrainingData(train, val, sampler)
+    return TrainingData(train, val, sampler, unlabelled)

@@ -2,8 +2,10 @@
 
 Mask shards align one-to-one with image shards (same file names, same row order, same
 `id`); `index_records` checks that once, up front, so a misaligned pair fails with the
-file and record named instead of training on the wrong masks. Rows are then read by
-(shard, row group, row) from any worker process.
+file and record named instead of training on the wrong masks. It also marks images the
+masks stage could not label (their row holds the failure marker, `num_regions` 0), so
+training can leave them out instead of reading their all-zero map as one region. Rows
+are then read by (shard, row group, row) from any worker process.
 """
 
 from collections import OrderedDict
@@ -16,6 +18,7 @@ import pyarrow.parquet as pq
 from pipeline.shards import IMAGE_KIND, MASK_KIND, list_shards, shard_kind
 
 ID_COLUMN = "id"
+REGIONS_COLUMN = "num_regions"
 IMAGE_COLUMN = "image"
 MASK_COLUMN = "mask"
 ROW_GROUPS_IN_MEMORY = 4
@@ -38,6 +41,7 @@ class TrainingRecord:
     id: str
     image: RowRef
     label_map: RowRef | None
+    unlabelled: bool = False
 
 
 def _shard_rows(shard: Path) -> tuple[list[str], list[tuple[int, int]]]:
@@ -50,6 +54,10 @@ def _shard_rows(shard: Path) -> tuple[list[str], list[tuple[int, int]]]:
         for row in range(parquet.metadata.row_group(group).num_rows)
     ]
     return ids, places
+
+
+def _region_counts(shard: Path) -> list[int]:
+    return pq.read_table(shard, columns=[REGIONS_COLUMN]).column(REGIONS_COLUMN).to_pylist()
 
 
 def _shard_files(directory: Path, kind: str) -> list[Path]:
@@ -74,14 +82,16 @@ def index_records(images_dir: Path, masks_dir: Path | None = None) -> list[Train
     for position, image_shard in enumerate(image_shards):
         ids, image_places = _shard_rows(image_shard)
         mask_refs: list[RowRef | None] = [None] * len(ids)
+        region_counts = [None] * len(ids)
         if mask_shards is not None:
             mask_shard = mask_shards[position]
             mask_ids, mask_places = _shard_rows(mask_shard)
             _check_aligned(image_shard, ids, mask_shard, mask_ids)
             mask_refs = [RowRef(mask_shard, *place) for place in mask_places]
+            region_counts = _region_counts(mask_shard)
         records.extend(
-            TrainingRecord(record_id, RowRef(image_shard, *place), mask_ref)
-            for record_id, place, mask_ref in zip(ids, image_places, mask_refs)
+            TrainingRecord(record_id, RowRef(image_shard, *place), mask_ref, unlabelled=regions == 0)
+            for record_id, place, mask_ref, regions in zip(ids, image_places, mask_refs, region_counts)
         )
     return records
 

@@ -7,6 +7,7 @@ schedule, and writes checkpoints atomically with everything needed to resume exa
 """
 
 import contextlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,9 @@ def _resume(session: Session) -> None:
 def open_session(config: TrainConfig, group: distributed.ProcessGroup) -> Session:
     torch.manual_seed(config.seed)
     data = build_training_data(config, group.rank, group.world_size)
+    if group.is_main and data.unlabelled:
+        named = ", ".join(data.unlabelled[:5]) + (", ..." if len(data.unlabelled) > 5 else "")
+        tqdm.write(f"{len(data.unlabelled)} images left out, the masks stage could not label them: {named}", sys.stderr)
     model = build_model(config.arch, **config.model_args).to(group.device).train()
     main_parameters, aux_parameters = split_parameters(model)
     optimizer = Adam(main_parameters, lr=config.lr)
