@@ -133,13 +133,27 @@ def _layout_errors(
     return [_listing(kind, keys) for kind, keys in kinds if keys]
 
 
+def _widths_in(published: Mapping[str, Tensor]) -> tuple[int, int]:
+    """(N, M) read off the first and last analysis convolutions; the published widths if those are absent."""
+    first, last = (published.get(f"basic_E.{stage}.conv_groups.0.weight") for stage in (0, 3))
+    return (
+        first.shape[0] if first is not None else PUBLISHED_N,
+        last.shape[0] if last is not None else PUBLISHED_M,
+    )
+
+
 def model_from_official_state(
-    checkpoint: object, source: str, N: int = PUBLISHED_N, M: int = PUBLISHED_M
+    checkpoint: object, source: str, N: int | None = None, M: int | None = None
 ) -> CompressionModel:
-    """A SegPIC of widths (N, M) holding a published-layout checkpoint, eval mode, tables built."""
+    """A SegPIC holding a published-layout checkpoint, eval mode, tables built.
+
+    Widths (N, M) not given are taken from the file, so models trained at other widths load too.
+    """
+    published = _published_state(checkpoint, source)
+    found_N, found_M = _widths_in(published)
+    N, M = N or found_N, M or found_M
     model = build_model("segpic", N=N, M=M)
     bottlenecks = _bottleneck_names(model)
-    published = _published_state(checkpoint, source)
     file_name = {_ours_from_published(key, bottlenecks): key for key in published}
     if len(file_name) != len(published):
         twice = sorted(set(published) - set(file_name.values()))
@@ -158,6 +172,6 @@ def model_from_official_state(
     return model
 
 
-def load_official_checkpoint(path: str | Path, N: int = PUBLISHED_N, M: int = PUBLISHED_M) -> CompressionModel:
-    """Load a published SegPIC checkpoint (or one exported by `export_official_state_dict`)."""
+def load_official_checkpoint(path: str | Path, N: int | None = None, M: int | None = None) -> CompressionModel:
+    """Load a published SegPIC checkpoint (or one exported by `export_official_state_dict`); widths from the file unless given."""
     return model_from_official_state(read_weights_file(path), str(path), N=N, M=M)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from model import official
 from model.architectures import build_model
-from model.checkpoints import weights_hash
+from model.checkpoints import load_codec, weights_hash
 from pipeline.sample import sample_photo_paths
 
 SMALL = {"N": 24, "M": 40}
@@ -92,6 +92,16 @@ def test_bare_state_dict_without_prefix_loads(tmp_path):
     torch.save(official.export_official_state_dict(original), path)
     loaded = official.load_official_checkpoint(path, **SMALL)
     assert weights_hash(loaded) == weights_hash(original)
+
+
+def test_widths_are_read_from_the_file(tmp_path):
+    original = _perturbed_segpic(seed=4, **SMALL)
+    path = _published_file(tmp_path, original)
+    for loaded in (official.load_official_checkpoint(path), load_codec(path)):
+        assert (loaded.N, loaded.M) == (SMALL["N"], SMALL["M"])
+        assert weights_hash(loaded) == weights_hash(original)
+    with pytest.raises(ValueError, match=r"not a SegPIC\(N=48, M=40\) checkpoint: .*mis-shaped"):
+        official.load_official_checkpoint(path, N=48)
 
 
 def test_bottleneck_names_are_matched_by_exact_module_name():
