@@ -19,6 +19,7 @@ from model.training import distributed
 from model.training.config import Partition, TrainConfig, parse_partition, preset_config
 from model.training.crops import centre_window
 from model.training.decoding import decode_image
+from model.training.metrics import MetricsLog
 from model.training.objective import rate_distortion
 from model.training.state import capture_rng, restore_rng
 from model.training.trainer import NonFiniteGuard, NonFiniteLossError, open_session, save_checkpoint, train, train_loop, train_step
@@ -214,6 +215,13 @@ def test_cli_reports_a_bad_partition_in_one_line(shards, tmp_path):
     result = CliRunner().invoke(app, ["train", "--images", str(shards[0]), "--out", str(tmp_path), "--partition", "sam"])
     assert result.exit_code == 1
     assert "partition" in result.output
+
+
+def test_metrics_in_a_git_repository_without_commits_fail_in_one_clear_line(tmp_path, monkeypatch):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="git repository with no commits yet"):
+        MetricsLog(tmp_path / "live", resume=False)
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvclive import Live
+from scmrepo.exceptions import SCMError
 
 
 @dataclass
@@ -37,7 +38,13 @@ class MetricsLog:
 
     def __init__(self, directory: Path, resume: bool) -> None:
         # dvcyaml=False: the project's dvc.yaml declares plots itself; dvclive must not rewrite it.
-        self._live = Live(str(directory), resume=resume, save_dvc_exp=False, dvcyaml=False)
+        try:
+            self._live = Live(str(directory), resume=resume, save_dvc_exp=False, dvcyaml=False)
+        except SCMError as error:  # dvclive reads HEAD before checking that the repository has one
+            raise ValueError(
+                f"dvclive cannot log to {directory} inside a git repository with no commits yet ({error}); "
+                "make a first commit, or run outside the repository"
+            ) from error
 
     def log(self, step: int, prefix: str, values: dict[str, float]) -> None:
         self._live.step = step
