@@ -70,6 +70,13 @@ def test_other_layouts_go_through_pillow(variant):
     assert np.array_equal(decoded, pillow_rgb(data))
 
 
+def test_what_pillow_tolerates_still_decodes_as_pillow_decodes_it():
+    data = encoded(textured(64, 64), "JPEG", quality=90)
+    stray = data[:-2] + b"\x12\x34\x56" + data[-2:]  # "extraneous bytes before marker": a libjpeg warning
+    assert _fast_image(stray) is None
+    assert np.array_equal(decode_image(stray, "r"), pillow_rgb(stray))
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_label_maps_keep_their_ids_and_depth(dtype):
     ids = (np.arange(50 * 70).reshape(50, 70) * 13 % (300 if dtype == np.uint16 else 256)).astype(dtype)
@@ -83,6 +90,15 @@ def test_truncated_files_name_the_record(format):
     data = encoded(textured(64, 64), format, **({"quality": 90} if format == "JPEG" else {}))
     with pytest.raises(ValueError, match="record-3"):
         decode_image(data[: len(data) // 2], "record-3")
+
+
+@pytest.mark.parametrize("decode", [decode_image, decode_label_map])
+def test_a_damaged_png_fails_as_in_pillow_instead_of_decoding_wrong_pixels(decode):
+    pixels = textured(64, 64, "L") if decode is decode_label_map else textured(64, 64)
+    damaged = bytearray(encoded(pixels, "PNG"))
+    damaged[len(damaged) // 2] ^= 0xFF  # inside the image data: its chunk CRC no longer matches
+    with pytest.raises(ValueError, match="record-5.*cannot be decoded"):
+        decode(bytes(damaged), "record-5")
 
 
 def test_truncated_label_map_names_the_record():

@@ -9,6 +9,8 @@ Pillow, as everywhere else in the project, so pixels never depend on which path 
 """
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pyspng
@@ -28,6 +30,21 @@ def _png_layout(data: bytes) -> tuple[int, int] | None:
     return data[24], data[25]
 
 
+def _png_chunks_intact(data: bytes) -> bool:
+    """Every chunk's CRC matches, as Pillow checks; libspng as `pyspng` drives it does not, and would
+    decode a damaged file into wrong pixels instead of failing."""
+    position, view = len(PNG_SIGNATURE), memoryview(data)
+    while position + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, position)
+        end = position + 8 + length
+        if end + 4 > len(data) or zlib.crc32(view[position + 4 : end]) != struct.unpack_from(">I", data, end)[0]:
+            return False
+        if data[position + 4 : position + 8] == b"IEND":
+            return True
+        position = end + 4
+    return False
+
+
 def _with_pillow(data: bytes, record: str, what: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
@@ -38,34 +55,47 @@ def _with_pillow(data: bytes, record: str, what: str) -> Image.Image:
 
 
 def _fast_image(data: bytes) -> np.ndarray | None:
-    """Pixels from a fast decoder when the format is one it reproduces exactly, else None."""
-    layout = _png_layout(data)
-    if layout is not None:
-        return pyspng.load(data, "RGB") if layout in ((8, PNG_GRAY), (8, PNG_RGB)) else None
-    if simplejpeg.is_jpeg(data) and simplejpeg.decode_jpeg_header(data)[2] in FAST_JPEG_COLOURSPACES:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    """Pixels from a fast decoder when the format is one it reproduces exactly, else None.
+
+    Any complaint from a fast decoder (even a recoverable one, like stray bytes before a
+    JPEG marker, which Pillow tolerates) also gives None: Pillow then decides, so a file
+    decodes, or fails with its message, exactly as it did when it was ingested.
+    """
+    try:
+        layout = _png_layout(data)
+        if layout is not None:
+            fast = layout in ((8, PNG_GRAY), (8, PNG_RGB)) and _png_chunks_intact(data)
+            return pyspng.load(data, "RGB") if fast else None
+        if simplejpeg.is_jpeg(data) and simplejpeg.decode_jpeg_header(data)[2] in FAST_JPEG_COLOURSPACES:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except (ValueError, RuntimeError):
+        pass
     return None
 
 
 def decode_image(data: bytes, record: str) -> np.ndarray:
     """Encoded image bytes -> (H, W, 3) uint8 RGB (grayscale and palette images expanded)."""
-    try:
-        pixels = _fast_image(data)
-    except (ValueError, RuntimeError) as error:
-        raise ValueError(f"image of {record} cannot be decoded: {error}") from error
+    pixels = _fast_image(data)
     if pixels is not None:
         return pixels
     image = _with_pillow(data, record, "image")
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
+def _fast_label_map(data: bytes) -> np.ndarray | None:
+    if _png_layout(data) != (8, PNG_GRAY) or not _png_chunks_intact(data):
+        return None
+    try:
+        return pyspng.load(data, "L")
+    except RuntimeError:
+        return None
+
+
 def decode_label_map(data: bytes, record: str) -> np.ndarray:
     """PNG label map bytes -> (H, W) integer array whose values are region ids (8- or 16-bit as stored)."""
-    if _png_layout(data) == (8, PNG_GRAY):
-        try:
-            return pyspng.load(data, "L")
-        except RuntimeError as error:
-            raise ValueError(f"label map of {record} cannot be decoded: {error}") from error
+    labels = _fast_label_map(data)
+    if labels is not None:
+        return labels
     labels = np.asarray(_with_pillow(data, record, "label map"))
     if labels.ndim != 2:
         raise ValueError(f"label map of {record} is not a single-channel image (shape {labels.shape})")
