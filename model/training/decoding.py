@@ -4,8 +4,9 @@ Decoding is most of what a training loader spends its time on once images stop f
 in memory. For the common stored forms, 8-bit grayscale/RGB PNG and YCbCr/grayscale
 JPEG, libspng (`pyspng`) and libjpeg-turbo's TurboJPEG API (`simplejpeg`, accurate DCT
 and upsampling as Pillow uses them) decode the same pixels in less time. Anything else
-(palettes, 16-bit, CMYK, RGB-coded JPEG) goes through
-Pillow, as everywhere else in the project, so pixels never depend on which path ran.
+(palettes, 16-bit, CMYK, RGB-coded JPEG, files a fast decoder complains about) goes
+through Pillow, as everywhere else in the project, so pixels and failures never depend
+on which path ran.
 """
 
 import io
@@ -31,8 +32,11 @@ def _png_layout(data: bytes) -> tuple[int, int] | None:
 
 
 def _png_chunks_intact(data: bytes) -> bool:
-    """Every chunk's CRC matches, as Pillow checks; libspng as `pyspng` drives it does not, and would
-    decode a damaged file into wrong pixels instead of failing."""
+    """True when every chunk's CRC matches, as Pillow checks.
+
+    libspng, as `pyspng` drives it, does not check, and would decode a damaged file into
+    wrong pixels instead of failing.
+    """
     position, view = len(PNG_SIGNATURE), memoryview(data)
     while position + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, position)
