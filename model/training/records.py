@@ -124,7 +124,8 @@ class RowReader:
         key = (ref.shard, ref.row_group)
         group = self._groups.get(key)
         if group is None:
-            table = pq.ParquetFile(ref.shard).read_row_group(ref.row_group, columns=[self.column])
+            # Memory-mapped: the page cache serves the read without another copy of the row group.
+            table = pq.ParquetFile(ref.shard, memory_map=True).read_row_group(ref.row_group, columns=[self.column])
             group = table.column(self.column).combine_chunks().field("bytes")
             self._groups[key] = group
             if len(self._groups) > self.cache_size:
