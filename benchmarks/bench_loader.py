@@ -19,8 +19,8 @@ import argparse
 import io
 import struct
 import tempfile
-import zlib
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from model.training.crops import random_window
 from model.training.dataset import EpochSampler, build_training_data, pixels_to_unit
 from pipeline.sample import sample_photo_paths
 from pipeline.shards import IMAGE_SCHEMA, MASK_SCHEMA, ShardWriter, shard_name
+
 
 def _png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -51,7 +52,8 @@ def distinct_copy(data: bytes, copy: int) -> bytes:
         return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
     chunk = b"tEXt" + b"comment\0" + text  # PNG: a tEXt chunk right after IHDR
     ihdr_end = 8 + 25
-    return data[:ihdr_end] + struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[ihdr_end:]
+    framed = struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return data[:ihdr_end] + framed + data[ihdr_end:]
 
 
 def write_inputs(root: Path, copies: int) -> tuple[Path, Path, Path]:
@@ -75,8 +77,9 @@ def write_inputs(root: Path, copies: int) -> tuple[Path, Path, Path]:
                      "width": pixels.shape[1], "height": pixels.shape[0]}
                 )
                 mask_shard.write(
-                    {"id": record, "mask": {"bytes": distinct_copy(mask_png, copy), "path": None}, "num_regions": int(label_map.max()) + 1,
-                     "coverage": 1.0, "mean_iou": 0.0, "generator": "felzenszwalb", "settings_hash": "bench"}
+                    {"id": record, "mask": {"bytes": distinct_copy(mask_png, copy), "path": None},
+                     "num_regions": int(label_map.max()) + 1, "coverage": 1.0, "mean_iou": 0.0,
+                     "generator": "felzenszwalb", "settings_hash": "bench"}
                 )
     return folder, images, masks
 
@@ -156,12 +159,13 @@ def main() -> None:
         first_plain = next(plain_batches(folder, ids, sampler, arguments.crop, 1))
         first_ours = next(our_batches(ours(0), 1))
         assert all(torch.equal(first_plain[name], first_ours[name]) for name in first_plain), "loaders disagree"
+        workers, epochs = arguments.workers, arguments.epochs
         loaders = {
-            "plain loader (files, main process)": lambda: plain_batches(folder, ids, sampler, arguments.crop, arguments.epochs),
-            "ours, no cache, main process": lambda: our_batches(ours(0), arguments.epochs),
-            f"ours, no cache, {arguments.workers} workers": lambda: our_batches(ours(arguments.workers), arguments.epochs),
-            "ours, 1 GiB cache, main process": lambda: our_batches(ours(0, 1024), arguments.epochs),
-            f"ours, 1 GiB cache, {arguments.workers} workers": lambda: our_batches(ours(arguments.workers, 1024), arguments.epochs),
+            "plain loader (files, main process)": lambda: plain_batches(folder, ids, sampler, arguments.crop, epochs),
+            "ours, no cache, main process": lambda: our_batches(ours(0), epochs),
+            f"ours, no cache, {workers} workers": lambda: our_batches(ours(workers), epochs),
+            "ours, 1 GiB cache, main process": lambda: our_batches(ours(0, 1024), epochs),
+            f"ours, 1 GiB cache, {workers} workers": lambda: our_batches(ours(workers, 1024), epochs),
         }
         rates = {name: samples_per_second(batches(), epoch_size) for name, batches in loaders.items()}
     plain_first, plain_later = rates["plain loader (files, main process)"]

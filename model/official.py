@@ -173,5 +173,8 @@ def model_from_official_state(
 
 
 def load_official_checkpoint(path: str | Path, N: int | None = None, M: int | None = None) -> CompressionModel:
-    """Load a published SegPIC checkpoint (or one exported by `export_official_state_dict`); widths from the file unless given."""
+    """Load a published SegPIC checkpoint (or one exported by `export_official_state_dict`).
+
+    Widths not given are read from the file.
+    """
     return model_from_official_state(read_weights_file(path), str(path), N=N, M=M)

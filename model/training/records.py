@@ -44,20 +44,16 @@ class TrainingRecord:
     unlabelled: bool = False
 
 
-def _shard_rows(shard: Path) -> tuple[list[str], list[tuple[int, int]]]:
-    """Ids of a shard and the (row group, row) of each, in file order."""
+def _shard_rows(shard: Path, columns: tuple[str, ...] = (ID_COLUMN,)) -> tuple[dict[str, list], list[tuple[int, int]]]:
+    """`columns` of a shard as lists, and the (row group, row) of each row, in file order."""
     parquet = pq.ParquetFile(shard)
-    ids = parquet.read(columns=[ID_COLUMN]).column(ID_COLUMN).to_pylist()
+    values = parquet.read(columns=list(columns)).to_pydict()
     places = [
         (group, row)
         for group in range(parquet.num_row_groups)
         for row in range(parquet.metadata.row_group(group).num_rows)
     ]
-    return ids, places
-
-
-def _region_counts(shard: Path) -> list[int]:
-    return pq.read_table(shard, columns=[REGIONS_COLUMN]).column(REGIONS_COLUMN).to_pylist()
+    return values, places
 
 
 def _shard_files(directory: Path, kind: str) -> list[Path]:
@@ -80,15 +76,16 @@ def index_records(images_dir: Path, masks_dir: Path | None = None) -> list[Train
         )
     records: list[TrainingRecord] = []
     for position, image_shard in enumerate(image_shards):
-        ids, image_places = _shard_rows(image_shard)
+        image_rows, image_places = _shard_rows(image_shard)
+        ids = image_rows[ID_COLUMN]
         mask_refs: list[RowRef | None] = [None] * len(ids)
         region_counts = [None] * len(ids)
         if mask_shards is not None:
             mask_shard = mask_shards[position]
-            mask_ids, mask_places = _shard_rows(mask_shard)
-            _check_aligned(image_shard, ids, mask_shard, mask_ids)
+            mask_rows, mask_places = _shard_rows(mask_shard, (ID_COLUMN, REGIONS_COLUMN))
+            _check_aligned(image_shard, ids, mask_shard, mask_rows[ID_COLUMN])
             mask_refs = [RowRef(mask_shard, *place) for place in mask_places]
-            region_counts = _region_counts(mask_shard)
+            region_counts = mask_rows[REGIONS_COLUMN]
         records.extend(
             TrainingRecord(record_id, RowRef(image_shard, *place), mask_ref, unlabelled=regions == 0)
             for record_id, place, mask_ref, regions in zip(ids, image_places, mask_refs, region_counts)
