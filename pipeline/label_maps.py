@@ -184,9 +184,3 @@ def encode_label_map(label_map: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(label_map.astype(dtype)).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
-
-
-def decode_label_map(data: bytes) -> np.ndarray:
-    """An (H, W) int32 label map from PNG bytes written by `encode_label_map`."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image).astype(np.int32)

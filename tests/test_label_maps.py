@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from model.training.decoding import decode_label_map
 from pipeline.label_maps import (
     LabelMapRule,
     RegionMask,
     canonical_relabel,
-    decode_label_map,
     encode_label_map,
     masks_to_label_map,
     merge_small_regions,
@@ -87,4 +87,4 @@ def test_png_is_8_bit_up_to_256_regions_else_16_bit_and_lossless(regions, bits):
     label_map = (np.arange(40 * 30).reshape(40, 30) % regions).astype(np.int32)
     data = encode_label_map(label_map)
     assert data[24] == bits  # IHDR bit depth
-    assert np.array_equal(decode_label_map(data), label_map)
+    assert np.array_equal(decode_label_map(data, "test"), label_map)

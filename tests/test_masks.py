@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from model.training.decoding import decode_label_map
 from pipeline.cli import app
 from pipeline.generators.grid import GridGenerator
-from pipeline.label_maps import decode_label_map
 from pipeline.manifest import read_manifest
 from pipeline.masks import MasksConfig, make_masks
 from pipeline.shards import IMAGE_SCHEMA, ShardWriter, list_shards, read_rows
@@ -40,7 +40,7 @@ def test_mask_shards_line_up_with_image_shards(sample_image_shards, tmp_path):
         masks = list(read_rows(tmp_path / image_shard.name))
         assert [row["id"] for row in masks] == [row["id"] for row in images]
         for image, mask in zip(images, masks):
-            label_map = decode_label_map(mask["mask"]["bytes"])
+            label_map = decode_label_map(mask["mask"]["bytes"], "test")
             assert label_map.shape == (image["height"], image["width"])
             assert mask["num_regions"] == 9 == label_map.max() + 1
             assert mask["generator"] == "grid" and len(mask["settings_hash"]) == 16
@@ -124,7 +124,7 @@ def test_a_failing_image_keeps_its_row_and_is_listed_in_the_manifest(sample_imag
     assert len(rows) == 10
     failed = [row for row in rows if row["id"].startswith("coffee")][0]
     assert failed["num_regions"] == 0 and math.isnan(failed["mean_iou"])
-    assert decode_label_map(failed["mask"]["bytes"]).max() == 0
+    assert decode_label_map(failed["mask"]["bytes"], "test").max() == 0
     skipped = json.loads((tmp_path / "manifest.json").read_text())["skipped"]
     assert [note["id"] for note in skipped] == [failed["id"]] and "model crashed" in skipped[0]["reason"]
 
@@ -165,5 +165,5 @@ def test_an_undecodable_image_gets_a_failure_row_of_its_recorded_size(sample_ima
     assert summary.failed == 1 and summary.images == 2
     broken, decoded = read_rows(tmp_path / "masks" / "part-00000-of-00001.parquet")
     assert broken["id"] == "broken.jpg" and broken["num_regions"] == 0
-    assert decode_label_map(broken["mask"]["bytes"]).shape == (64, 80)
+    assert decode_label_map(broken["mask"]["bytes"], "test").shape == (64, 80)
     assert decoded["id"] == good["id"] and decoded["num_regions"] == 9
