@@ -20,7 +20,9 @@ from PIL import Image, UnidentifiedImageError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_GRAY, PNG_RGB = 0, 2
-"""IHDR colour types the PNG fast path takes (with 8-bit samples)."""
+FAST_PNG_IMAGES = ((8, PNG_GRAY), (8, PNG_RGB))
+FAST_PNG_LABEL_MAPS = ((8, PNG_GRAY),)
+"""(bit depth, colour type) of the PNGs the fast path takes, as images and as label maps."""
 FAST_JPEG_COLOURSPACES = ("YCbCr", "Gray")
 
 
@@ -58,6 +60,16 @@ def _with_pillow(data: bytes, record: str, what: str) -> Image.Image:
     return image
 
 
+def _fast_png(data: bytes, layouts: tuple[tuple[int, int], ...], pixel_format: str) -> np.ndarray | None:
+    """libspng's pixels for an intact PNG of one of `layouts`, else None (Pillow decides)."""
+    if _png_layout(data) not in layouts or not _png_chunks_intact(data):
+        return None
+    try:
+        return pyspng.load(data, pixel_format)
+    except RuntimeError:
+        return None
+
+
 def _fast_image(data: bytes) -> np.ndarray | None:
     """Pixels from a fast decoder when the format is one it reproduces exactly, else None.
 
@@ -65,14 +77,12 @@ def _fast_image(data: bytes) -> np.ndarray | None:
     JPEG marker, which Pillow tolerates) also gives None: Pillow then decides, so a file
     decodes, or fails with its message, exactly as it did when it was ingested.
     """
+    if _png_layout(data) is not None:
+        return _fast_png(data, FAST_PNG_IMAGES, "RGB")
     try:
-        layout = _png_layout(data)
-        if layout is not None:
-            fast = layout in ((8, PNG_GRAY), (8, PNG_RGB)) and _png_chunks_intact(data)
-            return pyspng.load(data, "RGB") if fast else None
         if simplejpeg.is_jpeg(data) and simplejpeg.decode_jpeg_header(data)[2] in FAST_JPEG_COLOURSPACES:
             return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
-    except (ValueError, RuntimeError):
+    except ValueError:
         pass
     return None
 
@@ -86,18 +96,9 @@ def decode_image(data: bytes, record: str) -> np.ndarray:
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def _fast_label_map(data: bytes) -> np.ndarray | None:
-    if _png_layout(data) != (8, PNG_GRAY) or not _png_chunks_intact(data):
-        return None
-    try:
-        return pyspng.load(data, "L")
-    except RuntimeError:
-        return None
-
-
 def decode_label_map(data: bytes, record: str) -> np.ndarray:
     """PNG label map bytes -> (H, W) integer array whose values are region ids (8- or 16-bit as stored)."""
-    labels = _fast_label_map(data)
+    labels = _fast_png(data, FAST_PNG_LABEL_MAPS, "L")
     if labels is not None:
         return labels
     labels = np.asarray(_with_pillow(data, record, "label map"))
