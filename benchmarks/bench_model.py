@@ -10,10 +10,10 @@ Prints, for each item, the plain and the fast figure and their ratio next to the
   and prototype expansion the same way;
 - one full training step of the published-size model (N=192, M=320) at 256×256, batch 2,
   with SLIC label maps of real photographs, plain kernels patched into `model.rat`;
-- compress + decompress of a 768×512 image (Kodak kodim01 when present, else a sample
-  photograph) with random weights after `update()`, plain = plain kernels + the published
+- compress + decompress of `--image` (default: the first sample photograph; Kodak's
+  kodim01.png for the 768×512 case) with random weights after `update()`, plain = plain kernels + the published
   list-based y coder patched into `model.entropy_coding`.
-Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1]`. One torch thread by
+Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1] [--image PATH]`. One torch thread by
 default, so ratios hold on a busy machine; more threads shrink the share of the network's
 ordinary convolutions and raise the encode+decode ratio (1.14x with one thread, 1.22x with
 two on a 2-core CPU).
@@ -39,7 +39,6 @@ from model import entropy_coding, plain, rat
 from model.architectures import build_model
 from pipeline.sample import sample_photo_paths
 
-KODAK_IMAGE = Path("/work/shared/datasets/kodak/kodim01.png")
 DPS_SHAPE = (2, 192, 64, 64)
 POOL_SHAPE, POOL_REGIONS = (8, 192, 64, 64), 64
 TRAIN_BATCH, TRAIN_SIZE, TRAIN_LAMBDA = 2, 256, 0.0130
@@ -172,8 +171,7 @@ def training_step_time(use_plain: bool, repeats: int) -> float:
         return best_time(step, repeats)
 
 
-def codec_image() -> tuple[torch.Tensor, str]:
-    path = KODAK_IMAGE if KODAK_IMAGE.is_file() else sample_photo_paths()[0]
+def codec_image(path: Path) -> tuple[torch.Tensor, str]:
     pixels = np.asarray(Image.open(path).convert("RGB"))
     height, width = pixels.shape[0] // 64 * 64, pixels.shape[1] // 64 * 64
     image = torch.from_numpy(pixels[:height, :width].copy()).permute(2, 0, 1)[None].float() / 255
@@ -262,11 +260,11 @@ def bench_training_step() -> None:
     )
 
 
-def bench_codec() -> None:
+def bench_codec(image_path: Path) -> None:
     torch.manual_seed(3)
     model = build_model("segpic").eval()
     model.update()
-    image, description = codec_image()
+    image, description = codec_image(image_path)
     codec_time(model, image, use_plain=False)  # warm-up
     plain_runs = [codec_time(model, image, use_plain=True) for _ in range(2)]
     fast_runs = [codec_time(model, image, use_plain=False) for _ in range(2)]
@@ -275,20 +273,21 @@ def bench_codec() -> None:
     print(f"identical streams from plain and fast coding: {plain_runs[0][2] == fast_runs[0][2]}")
 
 
-def main(threads: int) -> None:
+def main(threads: int, image: Path) -> None:
     torch.set_num_threads(threads)
     bench_dps_conv()
     bench_pooling()
     bench_training_step()
-    bench_codec()
+    bench_codec(image)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the timed parts")
+    parser.add_argument("--image", type=Path, default=sample_photo_paths()[0], help="image to code (cropped to 64s)")
     parser.add_argument("--probe-dps-memory", choices=("plain", "fast"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.probe_dps_memory:
         print(probe_dps_memory(arguments.probe_dps_memory))
     else:
-        main(arguments.threads)
+        main(arguments.threads, arguments.image)

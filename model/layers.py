@@ -1,7 +1,7 @@
 """Convolutional building blocks shared by SegPIC and its WACNN baseline.
 
 Block and parameter names follow the published state dicts
-(`../shared/design/segpic-architecture.md` §1, §4), so every `nn.Sequential` index
+(`docs/architecture.md` §1, §4), so every `nn.Sequential` index
 below is part of the checkpoint format and must not move.
 """
 

@@ -1,6 +1,6 @@
 """Region-Adaptive Transform (RAT) of SegPIC and its two hot kernels.
 
-RAT (spec §2) modulates a feature map with per-pixel, per-channel 3×3 kernels generated
+RAT (`docs/architecture.md` §2) modulates a feature map with per-pixel, per-channel 3×3 kernels generated
 from region prototypes. Its costly parts are public so they can be tested and benchmarked
 against the plain formulas in `model.plain`:
 

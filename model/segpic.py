@@ -1,6 +1,6 @@
 """SegPIC (Liu et al., ECCV 2024): WACNN with region-adaptive transforms steered by prototypes.
 
-Spec: `../shared/design/segpic-architecture.md` §3-§4. Data flow (P̂ = transmitted prototypes):
+Spec: `docs/architecture.md` §3-§4. Data flow (P̂ = transmitted prototypes):
 
     x ─ g_a1 ─┬─ RAT(P̂1) ─ g_a2 ─┬─ RAT(P̂2) ─ h_a ─ z ──► ẑ ─ h_{mean,scale}_s ─ RAT(P̂2) ─┐
               └─ MAP/grid ─► P̂1  └─ MAP/grid ─► P̂2                                       │

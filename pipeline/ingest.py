@@ -105,7 +105,6 @@ class PartLog:
 
     rows: int = 0
     consumed: int = 0
-    seconds: float = 0.0
     skipped: list[RecordNote] = field(default_factory=list)
     fixed: list[RecordNote] = field(default_factory=list)
 
@@ -254,7 +253,7 @@ def _staged_logs(staging: Path) -> list[PartLog]:
     return logs
 
 
-def _finalize(config: IngestConfig, logs: list[PartLog], seconds: float) -> Manifest:
+def _finalize(config: IngestConfig, logs: list[PartLog]) -> Manifest:
     """Rename staged parts to their final shard names, then write the manifest; idempotent."""
     staging = config.out / STAGING_DIR
     written = [index for index, log in enumerate(logs) if log.rows > 0]
@@ -271,7 +270,6 @@ def _finalize(config: IngestConfig, logs: list[PartLog], seconds: float) -> Mani
         shards=entries,
         skipped=[note for log in logs for note in log.skipped],
         fixed=[note for log in logs for note in log.fixed],
-        seconds=seconds,
     )
     write_manifest(config.out, manifest)
     shutil.rmtree(staging)
@@ -283,6 +281,7 @@ def _ingest_single(config: IngestConfig, source: ImageSource) -> IngestSummary:
     finished = _existing_manifest(config)
     if finished is not None and not staging.exists():
         return _summary(config, [], finished, 0.0)
+    started = time.perf_counter()
     _claim(staging, config.settings())
     earlier = _staged_logs(staging)
     consumed = sum(log.consumed for log in earlier)
@@ -292,19 +291,17 @@ def _ingest_single(config: IngestConfig, source: ImageSource) -> IngestSummary:
         outcomes = prepared_records(records, config.limits, config.workers)
         exhausted = False
         while not exhausted:
-            started, log = time.perf_counter(), PartLog()
+            log = PartLog()
             part = staging / f"part-{len(earlier) + len(logs):05d}.parquet"
             with ShardWriter(part, IMAGE_SCHEMA, config.row_group_bytes) as writer:
                 exhausted = _fill_part(writer, outcomes, log, config.shard_bytes, progress)
             if log.rows == 0:
                 part.unlink()
             if log.consumed:
-                log.seconds = time.perf_counter() - started
                 log.save(part.with_suffix(".json"))
                 logs.append(log)
-    seconds = sum(log.seconds for log in logs)
-    manifest = _finalize(config, earlier + logs, sum(log.seconds for log in earlier) + seconds)
-    return _summary(config, logs, manifest, seconds)
+    manifest = _finalize(config, earlier + logs)
+    return _summary(config, logs, manifest, time.perf_counter() - started)
 
 
 def _job_manifest(config: IngestConfig, jobs: Path) -> Manifest:
@@ -316,7 +313,6 @@ def _job_manifest(config: IngestConfig, jobs: Path) -> Manifest:
         shards=[shard_entry(config.out / name, log.rows) for name, log in done],
         skipped=[note for _, log in done for note in log.skipped],
         fixed=[note for _, log in done for note in log.fixed],
-        seconds=sum(log.seconds for _, log in done),
         complete=len(done) == config.num_shards,
     )
     write_manifest(config.out, manifest)
@@ -325,6 +321,7 @@ def _job_manifest(config: IngestConfig, jobs: Path) -> Manifest:
 
 def _ingest_job(config: IngestConfig, source: ImageSource) -> IngestSummary:
     jobs = config.out / JOBS_DIR
+    started = time.perf_counter()
     _existing_manifest(config)
     _claim(jobs, config.settings())
     name = shard_name(config.shard_index, config.num_shards)
@@ -336,14 +333,13 @@ def _ingest_job(config: IngestConfig, source: ImageSource) -> IngestSummary:
             for position, record in enumerate(islice(source.records(), config.limit))
             if position % config.num_shards == config.shard_index
         )
-        started, log = time.perf_counter(), PartLog()
+        log = PartLog()
         writer = ShardWriter(config.out / name, IMAGE_SCHEMA, config.row_group_bytes)
         with _progress(config, source, 0) as progress, writer:
             _fill_part(writer, prepared_records(mine, config.limits, config.workers), log, None, progress)
-        log.seconds = time.perf_counter() - started
         log.save(log_path)
         logs.append(log)
-    return _summary(config, logs, _job_manifest(config, jobs), sum(log.seconds for log in logs))
+    return _summary(config, logs, _job_manifest(config, jobs), time.perf_counter() - started)
 
 
 def ingest(config: IngestConfig) -> IngestSummary:

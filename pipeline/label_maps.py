@@ -12,21 +12,18 @@ SAM returns overlapping binary masks that leave holes; SegPIC needs a partition.
    lower id). A region with no neighbour (the whole image) is kept.
 4. Ids are renumbered 0..n-1 in order of first appearance in raster order.
 
-Label maps are stored as lossless PNGs: 8-bit when every id fits (n <= 256), else 16-bit.
+How label maps are stored (lossless PNG) is `pipeline.label_map_format`.
 """
 
 import heapq
-import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from skimage.measure import label as connected_components
 
-MAX_8BIT_REGIONS = 256
-MAX_16BIT_REGIONS = 65536
+from pipeline.label_map_format import MAX_16BIT_REGIONS
 
 
 @dataclass(frozen=True)
@@ -173,14 +170,3 @@ def _resolve(target: dict[int, int], region: int) -> int:
     while target[region] != region:
         region = target[region]
     return region
-
-
-def encode_label_map(label_map: np.ndarray) -> bytes:
-    """Lossless PNG: 8-bit where ids fit in a byte, else 16-bit; raises past 65536 regions."""
-    top = int(label_map.max()) if label_map.size else 0
-    if top >= MAX_16BIT_REGIONS:
-        raise ValueError(f"label map has ids up to {top}, more than a 16-bit PNG holds")
-    dtype = np.uint8 if top < MAX_8BIT_REGIONS else np.uint16
-    buffer = io.BytesIO()
-    Image.fromarray(label_map.astype(dtype)).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()

@@ -3,7 +3,9 @@
 Shared by the stages that write shards (ingest, masks). It lists every shard with its row
 count, size and sha256 (so `segpic verify` can catch a damaged file), the records that
 were skipped or fixed with their reasons, the settings and their hash, the versions of
-the libraries that shaped the bytes, and timings.
+the libraries that shaped the bytes. It holds nothing that differs between two runs with
+the same inputs and settings (no timings: commands write those to a separate file, see
+`--timings`), so a shard directory's bytes, and a DVC stage's output hash, are reproducible.
 """
 
 import hashlib
@@ -15,10 +17,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from pipeline.shards import FORMAT_VERSION
-
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "segpic-shards"
+MANIFEST_VERSION = 2
+"""Version of the manifest's own layout (the shard files carry theirs, `pipeline.shards.FORMAT_VERSION`).
+2: no `timings`."""
 VERSIONED_PACKAGES = ("segpic", "pillow", "pyarrow", "datasets", "numpy", "segment-anything", "torch", "scikit-image")
 HASH_CHUNK_BYTES = 1 << 20
 PUBLISHED_FILE_MODE = 0o644  # mkstemp creates 0600; manifests are meant to be read by others
@@ -51,7 +54,6 @@ class Manifest:
     shards: list[ShardEntry]
     skipped: list[RecordNote] = field(default_factory=list)
     fixed: list[RecordNote] = field(default_factory=list)
-    seconds: float = 0.0
     complete: bool = True
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -62,7 +64,7 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         return {
             "format": MANIFEST_FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": MANIFEST_VERSION,
             "kind": self.kind,
             "complete": self.complete,
             "counts": {
@@ -74,10 +76,6 @@ class Manifest:
             "settings": self.settings,
             "settings_hash": settings_hash(self.settings),
             "versions": self.versions or package_versions(),
-            "timings": {
-                "seconds": round(self.seconds, 3),
-                "rows_per_second": round(self.rows / self.seconds, 3) if self.seconds > 0 else None,
-            },
             "shards": [asdict(shard) for shard in self.shards],
             "skipped": [asdict(note) for note in self.skipped],
             "fixed": [asdict(note) for note in self.fixed],
@@ -85,8 +83,11 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: Path) -> "Manifest":
-        if data.get("format") != MANIFEST_FORMAT or data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{where}: not a segpic shard manifest of format version {FORMAT_VERSION}")
+        if data.get("format") != MANIFEST_FORMAT or data.get("format_version") != MANIFEST_VERSION:
+            raise ValueError(
+                f"{where}: not a segpic shard manifest of format version {MANIFEST_VERSION} "
+                f"(found {data.get('format')!r} version {data.get('format_version')!r}); re-run the command into a new --out"
+            )
         try:
             return cls(
                 kind=data["kind"],
@@ -94,7 +95,6 @@ class Manifest:
                 shards=[ShardEntry(**shard) for shard in data["shards"]],
                 skipped=[RecordNote(**note) for note in data["skipped"]],
                 fixed=[RecordNote(**note) for note in data["fixed"]],
-                seconds=data["timings"]["seconds"],
                 complete=data["complete"],
                 versions=data["versions"],
             )

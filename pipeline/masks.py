@@ -3,7 +3,8 @@
 Layout: for every image shard `IMAGES/part-i-of-n.parquet` the mask directory gets
 `OUT/part-i-of-n.parquet` with the same rows in the same order (`pipeline.shards.MASK_SCHEMA`),
 plus `manifest.json`. Each finished mask shard is followed by a small report in
-`OUT/.masks-reports/<shard>.json` (its manifest entry, failures, timing, settings hash);
+`OUT/.masks-reports/<shard>.json` (its manifest entry, failures, settings hash; no timing,
+so equal inputs give equal bytes);
 a shard counts as finished only when its report exists, so a killed run redoes at most
 the shards it was writing (which were never visible: `ShardWriter` renames on success).
 Restarting with other settings into the same OUT is refused.
@@ -19,7 +20,6 @@ marked complete once every image shard has its mask shard.
 
 import io
 import json
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.generators import MaskGenerator, build_generator
-from pipeline.label_maps import encode_label_map
+from pipeline.label_map_format import encode_label_map
 from pipeline.manifest import Manifest, RecordNote, ShardEntry, shard_entry, write_json_atomically, write_manifest
 from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, MASK_KIND, MASK_SCHEMA, ShardWriter, list_shards
 
@@ -88,13 +88,12 @@ class ShardReport:
 
     entry: ShardEntry
     failed: list[RecordNote]
-    seconds: float
     settings_hash: str
 
     @classmethod
     def read(cls, path: Path) -> "ShardReport":
         data = json.loads(path.read_text())
-        return cls(ShardEntry(**data["entry"]), [RecordNote(**note) for note in data["failed"]], data["seconds"], data["settings_hash"])
+        return cls(ShardEntry(**data["entry"]), [RecordNote(**note) for note in data["failed"]], data["settings_hash"])
 
 
 @dataclass
@@ -182,7 +181,6 @@ def write_mask_shard(
     out: Path, image_shard: Path, rows: Iterable[tuple[dict[str, Any], RecordNote | None]], settings_hash: str, row_group_bytes: int
 ) -> ShardReport:
     """Write one mask shard atomically from its rows, then its report; returns the report."""
-    started = time.perf_counter()
     failed = []
     target = out / image_shard.name
     with ShardWriter(target, MASK_SCHEMA, row_group_bytes=row_group_bytes) as writer:
@@ -190,7 +188,7 @@ def write_mask_shard(
             writer.write(row)
             if failure is not None:
                 failed.append(failure)
-    report = ShardReport(shard_entry(target, writer.rows_written), failed, time.perf_counter() - started, settings_hash)
+    report = ShardReport(shard_entry(target, writer.rows_written), failed, settings_hash)
     path = _report_path(out, image_shard.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(path, asdict(report))
@@ -235,7 +233,6 @@ def refresh_manifest(config: MasksConfig, generator: MaskGenerator) -> bool:
         settings=generator.settings(),
         shards=[report.entry for report in reports],
         skipped=[note for report in reports for note in report.failed],
-        seconds=sum(report.seconds for report in reports),
         complete=complete,
     )
     write_manifest(config.out, manifest)

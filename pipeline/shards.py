@@ -6,7 +6,8 @@ masks stage with the same file names and row order, have `id`, `mask` and per-im
 statistics. Encoded pictures live in the Hugging Face `Image` struct (`bytes`, `path`)
 and every schema carries the `huggingface` metadata, so `datasets.load_dataset("parquet")`
 decodes the columns without any code of ours. A `segpic` metadata entry records the
-kind of shard and `FORMAT_VERSION`, so readers can refuse files they do not understand.
+kind of shard and `FORMAT_VERSION` (mask shards also the version of their label-map
+PNGs, `pipeline.label_map_format`), so readers can refuse files they do not understand.
 
 Files are written under `<name>.incomplete` and renamed into place when closed, so a
 killed writer never leaves a file that looks finished.
@@ -21,6 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.label_map_format import LABEL_MAP_FORMAT_VERSION
 
 FORMAT_VERSION = 1
 IMAGE_KIND = "images"
@@ -37,15 +40,15 @@ IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 _HF_VALUE_TYPES = {pa.string(): "string", pa.int32(): "int32", pa.float32(): "float32"}
 
 
-def _schema(kind: str, fields: Sequence[tuple[str, pa.DataType]]) -> pa.Schema:
-    """Attach the Hugging Face feature description and our own format tag to `fields`."""
+def _schema(kind: str, fields: Sequence[tuple[str, pa.DataType]], **versions: int) -> pa.Schema:
+    """Attach the Hugging Face feature description and our own format tag (with `versions`) to `fields`."""
     features = {
         name: {"_type": "Image"} if dtype == IMAGE_STRUCT else {"dtype": _HF_VALUE_TYPES[dtype], "_type": "Value"}
         for name, dtype in fields
     }
     metadata = {
         b"huggingface": json.dumps({"info": {"features": features}}).encode(),
-        b"segpic": json.dumps({"kind": kind, "format_version": FORMAT_VERSION}).encode(),
+        b"segpic": json.dumps({"kind": kind, "format_version": FORMAT_VERSION, **versions}).encode(),
     }
     return pa.schema(list(fields), metadata=metadata)
 
@@ -65,6 +68,7 @@ MASK_SCHEMA = _schema(
         ("generator", pa.string()),
         ("settings_hash", pa.string()),
     ],
+    label_map_format_version=LABEL_MAP_FORMAT_VERSION,
 )
 SCHEMAS = {IMAGE_KIND: IMAGE_SCHEMA, MASK_KIND: MASK_SCHEMA}
 
@@ -120,7 +124,8 @@ def shard_kind(path: Path) -> str:
     if b"segpic" not in metadata:
         raise ValueError(f"{path}: not a segpic shard (no segpic schema metadata)")
     tag = json.loads(metadata[b"segpic"])
-    if tag.get("format_version") != FORMAT_VERSION or tag.get("kind") not in SCHEMAS:
+    known = SCHEMAS.get(tag.get("kind"))
+    if known is None or tag != json.loads(known.metadata[b"segpic"]):
         raise ValueError(f"{path}: unsupported shard format {tag}, this build reads version {FORMAT_VERSION}")
     return tag["kind"]
 

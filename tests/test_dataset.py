@@ -10,7 +10,8 @@ from PIL import Image
 
 from model.training.config import Partition, TrainConfig, preset_config
 from model.training.crops import CropWindow, random_window, relabel, resize_up
-from model.training.decoding import decode_image, decode_label_map
+from model.training.decoding import decode_image
+from pipeline.label_map_format import decode_label_map
 from model.training.dataset import EpochSampler, build_training_data, split_records
 from model.training.records import index_records
 from pipeline.shards import IMAGE_SCHEMA, MASK_SCHEMA, ShardWriter, shard_name

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.training.decoding import _fast_image, decode_image, decode_label_map
+from model.training.decoding import _fast_image, decode_image
+from pipeline.label_map_format import decode_label_map
 from pipeline.sample import sample_photo_paths
 
 

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 
-from model.training.decoding import decode_label_map
+from pipeline.label_map_format import decode_label_map, encode_label_map
 from pipeline.label_maps import (
     LabelMapRule,
     RegionMask,
     canonical_relabel,
-    encode_label_map,
     masks_to_label_map,
     merge_small_regions,
 )

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from model.training.decoding import decode_label_map
+from pipeline.label_map_format import decode_label_map
 from pipeline.cli import app
 from pipeline.generators.grid import GridGenerator
 from pipeline.manifest import read_manifest

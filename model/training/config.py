@@ -39,7 +39,7 @@ def parse_partition(text: str, masks_root: Path | None = None) -> Partition:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. Sizes default to the published setting (§5 of the architecture spec)."""
+    """One training run. Sizes default to the published setting (`docs/architecture.md` §5)."""
 
     images: Path
     out: Path

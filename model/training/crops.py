@@ -59,7 +59,7 @@ def centre_window(height: int, width: int, size: int) -> CropWindow:
 
 
 def relabel(label_map: np.ndarray) -> np.ndarray:
-    """Region ids of a crop renumbered 0..n-1 in sorted order of the original ids (spec §5), as int64.
+    """Region ids of a crop renumbered 0..n-1 in sorted order of the original ids (`docs/architecture.md` §5), as int64.
 
     Masked average pooling allots max(id)+1 prototypes per image, so ids of regions
     outside the crop would cost prototypes (and bits) for nothing. Stored ids are 8- or

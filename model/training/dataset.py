@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from model.training.config import TrainConfig
 from model.training.crops import centre_window, random_window, relabel, resize_up
-from model.training.decoding import decode_image, decode_label_map
+from model.training.decoding import decode_image
 from model.training.records import (
     IMAGE_COLUMN,
     MASK_COLUMN,
@@ -26,6 +26,7 @@ from model.training.records import (
     TrainingRecord,
     index_records,
 )
+from pipeline.label_map_format import decode_label_map
 
 SampleKey = tuple[int, int, int]
 """(record index, epoch, position in the epoch's global order): everything a sample depends on."""

@@ -1,4 +1,4 @@
-"""The published rate-distortion objective (spec §5) and the optimisers that minimise it."""
+"""The published rate-distortion objective (`docs/architecture.md` §5) and the optimisers that minimise it."""
 
 import math
 from dataclasses import dataclass

@@ -5,8 +5,6 @@ from typing import Annotated
 
 import typer
 
-from model.compare import CompareConfig, run_comparison
-from model.evaluation.run import EvalConfig, evaluate
 from pipeline.cli.errors import exit_on_user_error
 
 
@@ -30,6 +28,8 @@ def eval_command(
     device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Compress and decompress every image with every checkpoint; print the averaged RD points."""
+    from model.evaluation.run import EvalConfig, evaluate
+
     config = EvalConfig(
         tuple(checkpoints), images, out, name, entropy_estimation, reconstructions, bitstreams, grid, device
     )
@@ -53,6 +53,8 @@ def compare_command(
     method: Annotated[str, typer.Option(help="Bjøntegaard interpolation: cubic (VCEG-M33) or pchip.")] = "cubic",
 ) -> None:
     """BD-rate of each curve against the anchor (PSNR and MS-SSIM), as a table and an RD plot."""
+    from model.compare import CompareConfig, run_comparison
+
     with exit_on_user_error():
         outputs = run_comparison(CompareConfig(tuple(results), anchor, out, method))
     typer.echo(outputs.table_markdown.read_text(encoding="utf-8"))

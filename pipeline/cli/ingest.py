@@ -6,8 +6,8 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
+from pipeline.cli.timings import TimingsOption, check_outside, write_timings
 from pipeline.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
-from pipeline.ingest import IngestConfig, ingest as run_ingest
 from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, DEFAULT_SHARD_BYTES
 
 
@@ -32,9 +32,13 @@ def ingest(
     num_shards: Annotated[int | None, typer.Option(help="Job-array mode: total number of shards/jobs N.")] = None,
     workers: Annotated[int, typer.Option(help="Threads decoding and validating images.")] = 2,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (images/s).")] = True,
+    timings: TimingsOption = None,
 ) -> None:
     """Write SOURCE as image shards in OUT; re-running the same command resumes or does nothing."""
+    from pipeline.ingest import IngestConfig, ingest as run_ingest
+
     with exit_on_user_error():
+        check_outside(timings, out)
         config = IngestConfig(
             source=source,
             out=out,
@@ -48,4 +52,5 @@ def ingest(
             progress=progress,
         )
         summary = run_ingest(config)
+        write_timings(timings, summary.seconds, summary.written)
     typer.echo(summary.line())

@@ -6,7 +6,6 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
-from pipeline.mask_stats import stats_table, write_mask_stats
 
 
 def mask_stats(
@@ -14,6 +13,8 @@ def mask_stats(
     out: Annotated[Path, typer.Option(help="JSON summary to write (a Markdown table is written beside it).")],
 ) -> None:
     """Summarise mask shards: regions per image, share of pixels covered, mean predicted IoU."""
+    from pipeline.mask_stats import stats_table, write_mask_stats
+
     with exit_on_user_error():
         stats = write_mask_stats(directories, out)
     typer.echo(stats_table(stats), nl=False)

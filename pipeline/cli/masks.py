@@ -1,12 +1,13 @@
 """`segpic masks`: label maps for every image of an image shard directory, as aligned mask shards."""
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
-from pipeline.masks import MasksConfig, make_masks
+from pipeline.cli.timings import TimingsOption, check_outside, write_timings
 
 
 def _parse_settings(settings: list[str], generator: str) -> tuple[tuple[str, str], ...]:
@@ -26,6 +27,35 @@ def _parse_settings(settings: list[str], generator: str) -> tuple[tuple[str, str
     return tuple(pairs)
 
 
+def _file_settings(reference: str) -> tuple[tuple[str, Any], ...]:
+    """`FILE` or `FILE:DOTTED.KEY` (YAML or JSON) -> the settings mapping found there, as pairs.
+
+    Lets a DVC stage hand a generator exactly its own block of params.yaml
+    (`params.yaml:masks.settings.sam`); values keep their YAML types.
+    """
+    import yaml
+
+    path_text, _, key = reference.rpartition(":") if ":" in reference else (reference, "", "")
+    path = Path(path_text)
+    if not path.is_file():
+        raise FileNotFoundError(f"--settings: {path}: no such file")
+    try:
+        found = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ValueError(f"--settings: {path} is not valid YAML or JSON{where} ({getattr(error, 'problem', error)})") from error
+    for part in key.split(".") if key else []:
+        if not isinstance(found, dict) or part not in found:
+            raise ValueError(f"--settings: {path} has no key {key!r}")
+        found = found[part]
+    if found is None:
+        return ()
+    if not isinstance(found, dict):
+        raise ValueError(f"--settings: {reference} is not a mapping of KEY: VALUE settings")
+    return tuple((str(name).replace("-", "_"), value) for name, value in found.items())
+
+
 def masks(
     images: Annotated[Path, typer.Argument(help="Image shard directory (segpic ingest).")],
     out: Annotated[Path, typer.Option(help="Mask shard directory to write (same shard names and row order).")],
@@ -40,20 +70,33 @@ def masks(
             "speck_area, max_regions (all).",
         ),
     ] = None,
+    settings: Annotated[
+        str | None,
+        typer.Option(
+            help="Generator settings from a YAML/JSON mapping: FILE, or FILE:DOTTED.KEY for the mapping at that key "
+            "(e.g. params.yaml:masks.settings.sam); --set wins over it.",
+        ),
+    ] = None,
     shard_index: Annotated[int | None, typer.Option(help="This job's index in a job array (with --num-shards).")] = None,
     num_shards: Annotated[int | None, typer.Option(help="Jobs in the job array.")] = None,
     workers: Annotated[int, typer.Option(help="Decoding threads (local) or CPU actors (ray).")] = 2,
     engine: Annotated[str, typer.Option(help="local or ray.")] = "local",
     ray_address: Annotated[str, typer.Option(help="Ray cluster address; empty starts a local instance.")] = "",
     progress: Annotated[bool, typer.Option(help="Show a progress bar (images/s, ETA).")] = True,
+    timings: TimingsOption = None,
 ) -> None:
     """Write OUT/part-*.parquet mask shards and OUT/manifest.json; re-running resumes."""
+    from pipeline.masks import MasksConfig, make_masks
+
+    started = time.perf_counter()
     with exit_on_user_error():
+        check_outside(timings, out)
+        options = (_file_settings(settings) if settings else ()) + _parse_settings(setting or [], generator)
         config = MasksConfig(
             images=images,
             out=out,
             generator=generator,
-            options=_parse_settings(setting or [], generator),
+            options=options,
             shard_index=shard_index,
             num_shards=num_shards,
             workers=workers,
@@ -62,6 +105,7 @@ def masks(
             progress=progress,
         )
         summary = make_masks(config)
+        write_timings(timings, time.perf_counter() - started, summary.images)
     state = "complete" if summary.complete else "incomplete (other jobs pending)"
     typer.echo(
         f"{out}: wrote {len(summary.written)} shard(s), {summary.images} image(s), {summary.failed} failed; "

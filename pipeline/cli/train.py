@@ -5,8 +5,6 @@ from typing import Annotated
 
 import typer
 
-from model.training.config import parse_partition, preset_config
-from model.training.trainer import train as run_training
 from pipeline.cli.errors import exit_on_user_error
 
 
@@ -27,6 +25,7 @@ def train(
     m: Annotated[int | None, typer.Option("--M", help="Width M of the latent y.")] = None,
     lr: Annotated[float | None, typer.Option(help="Main Adam learning rate.")] = None,
     aux_lr: Annotated[float | None, typer.Option(help="Adam learning rate of the bottlenecks' quantiles.")] = None,
+    grid: Annotated[int | None, typer.Option(help="Prototype grid g (g×g regions) of the grid partition and of validation.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of initialisation, order and crops.")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     decoded_cache_mb: Annotated[int | None, typer.Option(help="Decoded-image cache per loader process (MiB).")] = None,
@@ -44,6 +43,9 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train with the published objective and write OUT/checkpoint.pt and OUT/metrics.json."""
+    from model.training.config import parse_partition, preset_config
+    from model.training.trainer import train as run_training
+
     with exit_on_user_error():
         config = preset_config(
             preset,
@@ -59,6 +61,7 @@ def train(
             M=m,
             lr=lr,
             aux_lr=aux_lr,
+            grid=grid,
             seed=seed,
             num_workers=workers,
             decoded_cache_mb=decoded_cache_mb,

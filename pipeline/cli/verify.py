@@ -6,7 +6,6 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
-from pipeline.verify import VerifyConfig, verify as run_verify
 
 
 def verify(
@@ -14,6 +13,8 @@ def verify(
     masks: Annotated[Path | None, typer.Option(help="Mask shard directory that must align with IMAGES.")] = None,
 ) -> None:
     """Exit 0 when everything checks out, else list every problem and exit 1."""
+    from pipeline.verify import VerifyConfig, verify as run_verify
+
     with exit_on_user_error():
         report = run_verify(VerifyConfig(images=images, masks=masks))
     for problem in report.problems:
