@@ -45,11 +45,15 @@ def photos(tmp_path) -> Path:
     return folder
 
 
-def test_ingest_and_verify_load_neither_the_model_nor_compressai(photos, tmp_path):
-    shards = tmp_path / "shards"
+def test_data_stage_commands_load_neither_the_model_nor_compressai(photos, tmp_path):
+    shards, masks = tmp_path / "shards", tmp_path / "masks"
     assert imports_after(["ingest", str(photos), "--out", str(shards), "--no-progress"], tmp_path) == ""
     assert imports_after(["verify", str(shards)], tmp_path) == ""
     assert imports_after(["--help"], tmp_path) == ""
+    result = CliRunner().invoke(app, ["masks", str(shards), "--out", str(masks), "--generator", "grid", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert imports_after(["verify", str(shards), "--masks", str(masks)], tmp_path) == ""
+    assert imports_after(["mask-stats", str(masks), "--out", str(tmp_path / "stats.json")], tmp_path) == ""
 
 
 def test_manifest_holds_no_timings_and_its_own_version(sample_image_shards):
