@@ -4,8 +4,10 @@ Used to check that each DVC stage declares exactly the code it runs as dependenc
 walk is static (the AST of each file), so it also sees imports made inside functions, as
 the command line makes them to start quickly. A command's own module contributes its
 top-level imports and those of the command function only; every module reached from
-there contributes all of its imports, and each package's `__init__.py` on the way. The
-CLI package's `__init__.py` is left out: it only assembles the commands.
+there contributes all of its imports, and each package's `__init__.py` on the way. A
+package imported by name (`from pipeline.generators import build_generator`) brings all
+of its modules, since a registry may load them by name. The CLI package's `__init__.py` is
+left out: it only assembles the commands.
 """
 
 import ast
@@ -29,6 +31,11 @@ def _module_file(name: str) -> Path | None:
 def _package_of(path: Path) -> str:
     parts = path.relative_to(PROJECT).with_suffix("").parts
     return ".".join(parts[:-1])
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PROJECT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _imported_names(nodes: list[ast.stmt], package: str) -> Iterator[str]:
@@ -63,10 +70,13 @@ def command_files(command: Callable) -> set[Path]:
     seen = {module_path}
     todo = list(_imported_names(own, _package_of(module_path)))
     while todo:
-        for name in _with_parents(todo.pop()):
+        imported = todo.pop()
+        for name in _with_parents(imported):
             path = _module_file(name) if name.split(".")[0] in PACKAGES else None
             if path is None or path in seen:
                 continue
             seen.add(path)
             todo.extend(_imported_names(ast.parse(path.read_text(encoding="utf-8")).body, _package_of(path)))
+            if name == imported and path.name == "__init__.py" and "." in name:
+                todo.extend(_module_name(module) for module in path.parent.rglob("*.py"))
     return {path.relative_to(PROJECT) for path in seen}
