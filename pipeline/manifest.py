@@ -26,12 +26,16 @@ PUBLISHED_FILE_MODE = 0o644  # mkstemp creates 0600; manifests are meant to be r
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One finished shard as the manifest lists it."""
+    """One finished shard as the manifest lists it; a mask shard also names its image shard's sha256."""
 
     name: str
     rows: int
     bytes: int
     sha256: str
+    image_sha256: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class Manifest:
                 "seconds": round(self.seconds, 3),
                 "rows_per_second": round(self.rows / self.seconds, 3) if self.seconds > 0 else None,
             },
-            "shards": [asdict(shard) for shard in self.shards],
+            "shards": [shard.to_json() for shard in self.shards],
             "skipped": [asdict(note) for note in self.skipped],
             "fixed": [asdict(note) for note in self.fixed],
         }

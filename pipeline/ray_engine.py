@@ -19,21 +19,22 @@ from tqdm import tqdm
 
 from pipeline.generators import build_generator
 from pipeline.manifest import RecordNote
-from pipeline.masks import ImageRecord, MasksConfig, ShardReport, decode_or_error, label_image, write_mask_shard
+from pipeline.mask_labelling import ImageRecord, MasksConfig, ShardReport, decode_or_error, label_image, write_mask_shard
 from pipeline.shards import MASK_SCHEMA
 
 
 class MaskActor:
     """Holds one generator (e.g. a SAM model on its GPU) and labels batches of image rows."""
 
-    def __init__(self, generator: str, options: tuple[tuple[str, Any], ...]) -> None:
+    def __init__(self, generator: str, options: tuple[tuple[str, Any], ...], max_label_map_bytes: int) -> None:
         self.generator = build_generator(generator, dict(options))
+        self.max_label_map_bytes = max_label_map_bytes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         columns: dict[str, list] = {key: [] for key in (*MASK_SCHEMA.names, "failure", "path")}
         for image_id, image, width, height, path in zip(batch["id"], batch["image"], batch["width"], batch["height"], batch["path"]):
             record = ImageRecord(str(image_id), bytes(image["bytes"]), int(width), int(height))
-            row, failure = label_image(self.generator, record, decode_or_error(record.data))
+            row, failure = label_image(self.generator, record, decode_or_error(record, self.max_label_map_bytes))
             row["mask"] = row["mask"]["bytes"]
             row.update(failure="" if failure is None else failure.reason, path=Path(str(path)).name)
             for key, value in row.items():
@@ -62,7 +63,9 @@ def _labelled_rows(config: MasksConfig, shards: list[Path]) -> Iterator[dict[str
         .select_columns(["id", "image", "width", "height", "path"])
         .map_batches(
             MaskActor,
-            fn_constructor_kwargs={"generator": config.generator, "options": config.options},
+            fn_constructor_kwargs={
+                "generator": config.generator, "options": config.options, "max_label_map_bytes": config.max_label_map_bytes
+            },
             batch_size=1,
             batch_format="numpy",
             **_actor_resources(config.workers),
@@ -96,7 +99,7 @@ class PeekableRows:
         return row
 
 
-def run_ray(config: MasksConfig, shards: list[Path], progress: tqdm) -> list[ShardReport]:
+def run_ray(config: MasksConfig, shards: list[Path], checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
     """Mask `shards` on the Ray cluster at `config.ray_address` (a local instance when empty)."""
     if not shards:
         return []
@@ -108,7 +111,9 @@ def run_ray(config: MasksConfig, shards: list[Path], progress: tqdm) -> list[Sha
     settings_hash = config.build_generator().settings_hash
     rows = PeekableRows(_labelled_rows(config, shards))
     reports = [
-        write_mask_shard(config.out, shard, _shard_rows(rows, shard.name, progress), settings_hash, config.row_group_bytes)
+        write_mask_shard(
+            config.out, shard, _shard_rows(rows, shard.name, progress), settings_hash, config.row_group_bytes, checksums[shard.name]
+        )
         for shard in shards
     ]
     assert rows.peek() is None, "Ray returned rows of no pending shard"

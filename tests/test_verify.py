@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.manifest import MANIFEST_NAME, Manifest, shard_entry, write_manifest
+from pipeline.manifest import MANIFEST_NAME, Manifest, RecordNote, shard_entry, write_manifest
 from pipeline.shards import IMAGE_SCHEMA, MASK_KIND, MASK_SCHEMA, ShardWriter, list_shards, read_rows, shard_name
 from pipeline.verify import VerifyConfig, verify
 
@@ -31,7 +31,7 @@ def block_label_map(width: int, height: int) -> np.ndarray:
 def write_masks(images, out, reorder: bool = False, size_of=None, failed=None) -> None:
     """Mask shards aligned with `images` (optionally with two rows swapped, label maps resized, or one row
     written as the masks stage's failure marker: num_regions 0 over the label map `failed` returns)."""
-    entries = []
+    entries, skipped = [], []
     for path in list_shards(images):
         rows = list(read_rows(path, ["id", "width", "height"]))
         if reorder and len(rows) > 1:
@@ -43,13 +43,14 @@ def write_masks(images, out, reorder: bool = False, size_of=None, failed=None) -
                 num_regions = int(label_map.max()) + 1
                 if failed is not None and row is rows[0]:
                     label_map, num_regions = failed(label_map), 0
+                    skipped.append(RecordNote(row["id"], "RuntimeError: injected"))
                 writer.write(
                     {"id": row["id"], "mask": {"bytes": png(label_map), "path": None},
                      "num_regions": num_regions, "coverage": 1.0, "mean_iou": 0.0,
                      "generator": "blocks", "settings_hash": "0"}
                 )
         entries.append(shard_entry(out / path.name, len(rows)))
-    write_manifest(out, Manifest(kind=MASK_KIND, settings={"generator": "blocks"}, shards=entries))
+    write_manifest(out, Manifest(kind=MASK_KIND, settings={"generator": "blocks"}, shards=entries, skipped=skipped))
 
 
 @pytest.fixture
@@ -93,7 +94,10 @@ def test_row_counts_must_match_the_manifest(images):
     manifest["shards"][0]["rows"] += 1
     (images / MANIFEST_NAME).write_text(json.dumps(manifest))
     problems = verify(VerifyConfig(images)).problems
-    assert problems == [f"{images / manifest['shards'][0]['name']}: 4 rows, the manifest says 5"]
+    assert problems == [
+        f"{images / MANIFEST_NAME}: counts.rows is 10, its lists give 11",
+        f"{images / manifest['shards'][0]['name']}: 4 rows, the manifest says 5",
+    ]
 
 
 def test_undecodable_row_is_named_even_when_checksums_match(tmp_path):
