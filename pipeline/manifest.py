@@ -9,6 +9,7 @@ the libraries that shaped the bytes, and timings.
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -22,6 +23,7 @@ MANIFEST_FORMAT = "segpic-shards"
 VERSIONED_PACKAGES = ("segpic", "pillow", "pyarrow", "datasets", "numpy", "segment-anything", "torch", "scikit-image")
 HASH_CHUNK_BYTES = 1 << 20
 PUBLISHED_FILE_MODE = 0o644  # mkstemp creates 0600; manifests are meant to be read by others
+MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,16 @@ class ShardEntry:
 
 @dataclass(frozen=True)
 class RecordNote:
-    """A record that was skipped (`reason`) or fixed (`reason` names the fixes)."""
+    """A record that was skipped (`reason`, with the error's `detail`) or fixed (`reason` names the fixes)."""
 
     id: str
     reason: str
+    detail: str = ""
+
+
+def reproducible(message: str) -> str:
+    """`message` without object memory addresses (`<BytesIO object at 0x7f..>`), so reruns record identical notes."""
+    return MEMORY_ADDRESS.sub("", message)
 
 
 @dataclass(frozen=True)

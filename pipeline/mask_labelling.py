@@ -11,7 +11,6 @@ the image's size, `coverage` 0, `mean_iou` NaN) and its reason is recorded.
 
 import io
 import json
-import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -23,14 +22,13 @@ from PIL import Image
 
 from pipeline.generators import MaskGenerator, build_generator
 from pipeline.label_maps import encode_label_map
-from pipeline.manifest import RecordNote, ShardEntry, shard_entry, write_json_atomically
-from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, FAILED_NUM_REGIONS, MASK_SCHEMA, ShardWriter, open_parquet
+from pipeline.manifest import RecordNote, ShardEntry, reproducible, shard_entry, write_json_atomically
+from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, FAILED_NUM_REGIONS, MASK_SCHEMA, ShardWriter, read_rows
 
 REPORTS_DIR = ".masks-reports"
 ENGINES = ("local", "ray")
 LABEL_MAP_BYTES_PER_PIXEL = 8  # an int64 label map, the widest any generator builds
 DEFAULT_MAX_LABEL_MAP_BYTES = 4 << 30
-MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ class LabelMapTooLarge(MemoryError):
 
 def failure_reason(error: BaseException) -> str:
     """`Type: message` without memory addresses, so reruns record identical reasons."""
-    return MEMORY_ADDRESS.sub("", f"{type(error).__name__}: {error}")
+    return reproducible(f"{type(error).__name__}: {error}")
 
 
 def check_label_map_fits(record: ImageRecord, max_label_map_bytes: int) -> None:
@@ -174,10 +172,8 @@ def label_image(generator: MaskGenerator, record: ImageRecord, image: np.ndarray
 
 def read_records(path: Path) -> Iterator[ImageRecord]:
     """Image shard rows in order, one row group in memory at a time."""
-    parquet = open_parquet(path)
-    for group in range(parquet.num_row_groups):
-        for row in parquet.read_row_group(group, columns=["id", "image", "width", "height"]).to_pylist():
-            yield ImageRecord(row["id"], row["image"]["bytes"], row["width"], row["height"])
+    for row in read_rows(path, ["id", "image", "width", "height"]):
+        yield ImageRecord(row["id"], row["image"]["bytes"], row["width"], row["height"])
 
 
 def report_path(out: Path, shard: str) -> Path:

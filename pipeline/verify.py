@@ -20,7 +20,16 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.manifest import MANIFEST_NAME, Manifest, read_manifest, settings_hash, shard_entry
-from pipeline.shards import IMAGE_KIND, MASK_KIND, SCHEMAS, is_failure_marker, missing_shards, shard_files, shard_kind
+from pipeline.shards import (
+    IMAGE_KIND,
+    MASK_KIND,
+    SCHEMAS,
+    is_failure_marker,
+    missing_shards,
+    open_parquet,
+    shard_files,
+    shard_kind,
+)
 
 MAX_ROW_PROBLEMS_PER_SHARD = 10
 
@@ -121,7 +130,7 @@ def _check_made_from(masks: Path, mask_manifest: Manifest, image_manifest: Manif
 
 def _check_schema(path: Path, kind: str, report: VerifyReport) -> pq.ParquetFile | None:
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = open_parquet(path)
         found = shard_kind(path)
     except ValueError as error:
         report.problems.append(str(error))

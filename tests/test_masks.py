@@ -286,3 +286,13 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(sample
         holder.kill()
         holder.wait()
     assert make_masks(grid_config(sample_image_shards, out)).complete  # the lock dies with its process
+
+
+def test_a_damaged_image_shard_is_one_line_naming_it(sample_image_shards, tmp_path):
+    images = shutil.copytree(sample_image_shards, tmp_path / "images")
+    damaged = list_shards(images)[1]
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    result = CliRunner().invoke(app, ["masks", str(images), "--out", str(tmp_path / "masks"), "--generator", "grid",
+                                      "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith(f"error: {damaged}: not a readable Parquet file")

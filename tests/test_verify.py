@@ -138,3 +138,58 @@ def test_failure_marker_rows_pass_only_when_their_label_map_is_empty(images, tmp
     write_masks(images, tmp_path / "labelled", failed=lambda label_map: label_map)
     problems = verify(VerifyConfig(images, tmp_path / "labelled")).problems
     assert any("failure marker" in problem for problem in problems), problems
+
+
+def edit_manifest(directory, change) -> None:
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    change(manifest)
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def test_manifest_counts_and_settings_hash_must_agree_with_its_lists(images):
+    edit_manifest(images, lambda manifest: manifest["counts"].update(skipped=3))
+    edit_manifest(images, lambda manifest: manifest["settings"].update(limit=5))
+    problems = verify(VerifyConfig(images)).problems
+    assert problems == [
+        f"{images / MANIFEST_NAME}: counts.skipped is 3, its lists give 0",
+        f"{images / MANIFEST_NAME}: settings_hash {json.loads((images / MANIFEST_NAME).read_text())['settings_hash']} "
+        "does not match its settings",
+    ]
+
+
+def test_an_image_listed_as_skipped_must_not_be_in_the_shards(images):
+    def skip_chelsea(manifest):
+        manifest["skipped"].append({"id": "chelsea.png", "reason": "corrupt", "detail": ""})
+        manifest["counts"]["skipped"] = 1
+
+    edit_manifest(images, skip_chelsea)
+    assert verify(VerifyConfig(images)).problems == [
+        f"{images / MANIFEST_NAME}: 'chelsea.png' is listed as skipped but is in the shards"
+    ]
+
+
+def test_mask_failures_must_be_exactly_the_failure_marker_rows(images, tmp_path):
+    write_masks(images, tmp_path / "masks", failed=np.zeros_like)
+
+    def forget_failures(manifest):
+        manifest["skipped"], manifest["counts"]["skipped"] = [], 0
+
+    edit_manifest(tmp_path / "masks", forget_failures)
+    problems = verify(VerifyConfig(images, tmp_path / "masks")).problems
+    assert len(problems) == 3 and all("a failure marker row not listed as failed" in problem for problem in problems)
+
+
+def test_mask_shards_made_from_other_image_shards_are_named(images, tmp_path):
+    write_masks(images, tmp_path / "masks")
+    edit_manifest(tmp_path / "masks", lambda manifest: manifest["shards"][1].update(image_sha256="0" * 64))
+    assert verify(VerifyConfig(images, tmp_path / "masks")).problems == [
+        f"{tmp_path / 'masks' / shard_name(1, 3)}: made from another image shard than {shard_name(1, 3)} (sha256 differs)"
+    ]
+
+
+def test_a_damaged_parquet_file_is_one_line_naming_it(images):
+    shard = list_shards(images)[0]
+    shard.write_bytes(b"PAR1" + b"\x00" * 100)
+    result = runner.invoke(app, ["verify", str(images)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert any(str(shard) in line and "Parquet" in line for line in result.output.splitlines())
