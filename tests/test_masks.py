@@ -296,3 +296,19 @@ def test_a_damaged_image_shard_is_one_line_naming_it(sample_image_shards, tmp_pa
                                       "--no-progress"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.startswith(f"error: {damaged}: not a readable Parquet file")
+
+
+def test_an_image_whose_label_map_would_not_fit_is_recorded_as_failed(sample_image_shards, tmp_path):
+    limit = 370_500 * 8 - 1  # just under the motorcycles' 741x500 label maps at 8 bytes per pixel
+    args = ["masks", str(sample_image_shards), "--out", str(tmp_path), "--generator", "grid", "--no-progress",
+            "--max-label-map-bytes", str(limit)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for path in list_shards(tmp_path) for row in read_rows(path)}
+    failed = {note.id: note.reason for note in read_manifest(tmp_path).skipped}
+    assert {image_id for image_id, row in rows.items() if row["num_regions"] == 0} == set(failed) == {
+        "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg"
+    }
+    assert failed["motorcycle_left.png"] == f"LabelMapTooLarge: 741x500 needs a 2964000-byte label map, over the {limit}-byte limit"
+    assert decode_label_map(rows["hubble_deep_field.jpg"]["mask"]["bytes"], "test").shape == (872, 1000)
+    assert rows["rocket.jpg"]["num_regions"] == 16  # the grid generator's default 4x4 cells

@@ -12,8 +12,12 @@ from pipeline.mask_stats import stats_table, write_mask_stats
 def mask_stats(
     directories: Annotated[list[Path], typer.Argument(help="Mask shard directories, one per mask source.")],
     out: Annotated[Path, typer.Option(help="JSON summary to write (a Markdown table is written beside it).")],
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Image shard folder of the masks: also draw contact_sheets/<source>.png beside --out."),
+    ] = None,
 ) -> None:
-    """Summarise mask shards: regions per image, share of pixels covered, mean predicted IoU."""
+    """Summarise mask shards: regions per image, share of pixels covered, mean predicted IoU (failed images apart)."""
     with exit_on_user_error():
-        stats = write_mask_stats(directories, out)
+        stats = write_mask_stats(directories, out, images)
     typer.echo(stats_table(stats), nl=False)

@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
+from pipeline.mask_labelling import DEFAULT_MAX_LABEL_MAP_BYTES
 from pipeline.masks import MasksConfig, make_masks
 
 
@@ -44,7 +45,14 @@ def masks(
     num_shards: Annotated[int | None, typer.Option(help="Jobs in the job array.")] = None,
     workers: Annotated[int, typer.Option(help="Decoding threads (local) or CPU actors (ray).")] = 2,
     engine: Annotated[str, typer.Option(help="local or ray.")] = "local",
-    ray_address: Annotated[str, typer.Option(help="Ray cluster address; empty starts a local instance.")] = "",
+    ray_address: Annotated[
+        str,
+        typer.Option(help="Ray cluster: ray://HOST:10001 (Ray client) or HOST:6379 on a node; empty starts a local instance."),
+    ] = "",
+    max_label_map_bytes: Annotated[
+        int,
+        typer.Option(help="Record an image as failed, unlabelled, when its label map needs more memory (8 bytes/pixel)."),
+    ] = DEFAULT_MAX_LABEL_MAP_BYTES,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (images/s, ETA).")] = True,
 ) -> None:
     """Write OUT/part-*.parquet mask shards and OUT/manifest.json; re-running resumes."""
@@ -59,6 +67,7 @@ def masks(
             workers=workers,
             engine=engine,
             ray_address=ray_address,
+            max_label_map_bytes=max_label_map_bytes,
             progress=progress,
         )
         summary = make_masks(config)
