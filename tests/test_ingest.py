@@ -371,28 +371,12 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
-HOLD_LOCK = """
-import sys, time
-from pathlib import Path
-from pipeline.output_folder import locked_output
-with locked_output(Path(sys.argv[1])):
-    print("locked", flush=True)
-    time.sleep(60)
-"""
-
-
-def test_a_second_ingest_into_a_locked_out_is_refused(tmp_path):
+def test_a_second_ingest_into_a_locked_out_is_refused(tmp_path, lock_held_by_another_process):
     out = tmp_path / "out"
-    out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(out):
         result = CliRunner().invoke(app, ["ingest", "sample", "--out", str(out), "--limit", "2", "--no-progress"])
         assert result.exit_code == 1 and "being written by another segpic run" in result.output
         assert sorted(path.name for path in out.iterdir()) == [LOCK_NAME]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_hidden_files_and_folders_are_not_images_of_the_set(tmp_path):

@@ -3,8 +3,6 @@
 import json
 import math
 import shutil
-import subprocess
-import sys
 
 import datasets
 import numpy as np
@@ -260,31 +258,17 @@ def test_a_run_where_every_image_fails_exits_non_zero(tmp_path):
         assert result.exit_code == 1 and "no image could be labelled" in result.output and "broken-0.jpg" in result.output
 
 
-HOLD_LOCK = """
-import sys, time
-from pathlib import Path
-from pipeline.output_folder import locked_output
-with locked_output(Path(sys.argv[1])):
-    print("locked", flush=True)
-    time.sleep(60)
-"""
-
-
-def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(sample_image_shards, tmp_path):
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(
+    sample_image_shards, tmp_path, lock_held_by_another_process
+):
     out = tmp_path / "masks"
-    out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(out):
         result = CliRunner().invoke(app, ["masks", str(sample_image_shards), "--out", str(out), "--generator", "grid",
                                           "--no-progress"])
         assert result.exit_code == 1 and "being written by another segpic run" in result.output
         assert not list(out.glob("*.parquet"))
         with pytest.raises(ValueError, match="being written by another segpic run"):
             make_masks(grid_config(sample_image_shards, out, shard_index=0, num_shards=2))  # a job cannot join it
-    finally:
-        holder.kill()
-        holder.wait()
     assert make_masks(grid_config(sample_image_shards, out)).complete  # the lock dies with its process
 
 
