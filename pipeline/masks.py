@@ -140,7 +140,9 @@ def _local_rows(
         progress.update(1)
 
 
-def run_local(config: MasksConfig, generator: MaskGenerator, shards: list[Path], checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
+def run_local(
+    config: MasksConfig, generator: MaskGenerator, shards: list[Path], checksums: dict[str, str], progress: tqdm
+) -> list[ShardReport]:
     """The local engine: one generator in this process, decoding on `workers` threads."""
     reports = []
     lookahead = config.workers * PREFETCH_PER_WORKER

@@ -4,8 +4,8 @@ Checks, collecting every problem rather than stopping at the first: the shard se
 complete; the manifest lists exactly these files with matching row counts, sizes and
 sha256, and its counts, settings hash and skip list agree with the shards (skipped
 images are absent, fixed ones present; a mask set's failures are exactly its failure
-marker rows, and each mask shard was made from the image shard beside it); each file is readable Parquet with the expected schema and metadata; ids are
-unique; every row decodes (images to their recorded width and height; label maps to the
+marker rows, and each mask shard was made from the image shard beside it); each file
+is readable Parquet with the expected schema and metadata; ids are unique; every row decodes (images to their recorded width and height; label maps to the
 image's size with values below `num_regions`); and mask shards align with the image
 shards (same file names, same ids in the same order).
 """
