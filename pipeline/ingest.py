@@ -7,9 +7,20 @@ reveals at its end, so a single run works in two phases:
    each closed at about `shard_bytes` and followed by a small JSON log (rows, how many
    source records it consumed, records skipped or fixed). A part without its log is
    unfinished and is discarded on restart; a restart skips the records the logged parts
-   consumed, so no image is lost or written twice.
+   consumed, so no image is lost or written twice. Each log also lists the ids it consumed
+   and its part's sha256: a restart checks the parts against their checksums (a damaged
+   part and those after it are redone) and skips records by id, not by position, so a
+   source that changed in between (files added or removed) loses and duplicates nothing;
+   the summary says what changed.
 2. At the end the parts are renamed to their final names in OUT, `manifest.json` is
-   written and the staging folder removed. Re-running a finished ingest does nothing.
+   written and the staging folder removed. Re-running a finished ingest does nothing, or,
+   when the source's ids have changed since, says what changed and refuses.
+
+Refused before anything is written: an OUT that is a file or lies inside the source
+folder (its shards would be read back as images), and a second run while one holds
+OUT's lock (`pipeline.output_folder`). An ingest that ends with no image at all (empty
+folder, every record unreadable) raises. The same source spelt differently (relative or
+absolute, trailing slash) resumes the same work.
 
 Job arrays: with `num_shards=N`, job `shard_index=I` writes exactly one shard,
 `part-0000I-of-0000N.parquet`, holding the source records whose position j satisfies
@@ -22,7 +33,7 @@ refresh it). A killed job restarts its shard from scratch.
 import json
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -37,26 +48,30 @@ from pipeline.manifest import (
     MANIFEST_NAME,
     Manifest,
     RecordNote,
+    file_sha256,
     read_manifest,
-    settings_hash,
+    reproducible,
     shard_entry,
     write_json_atomically,
     write_manifest,
 )
+from pipeline.output_folder import ensure_output_folder, locked_output
 from pipeline.shards import (
     DEFAULT_ROW_GROUP_BYTES,
     DEFAULT_SHARD_BYTES,
     IMAGE_KIND,
     IMAGE_SCHEMA,
     ShardWriter,
+    read_rows,
     shard_name,
 )
-from pipeline.sources import ImageSource, SourceRecord, open_source
+from pipeline.sources import ImageSource, SourceRecord, canonical_spec, open_source
 
 STAGING_DIR = ".ingest-staging"
 JOBS_DIR = ".ingest-jobs"
 SETTINGS_FILE = "settings.json"
 LOOKAHEAD_PER_WORKER = 4
+EXAMPLES_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,8 @@ class PartLog:
     consumed: int = 0
     skipped: list[RecordNote] = field(default_factory=list)
     fixed: list[RecordNote] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    sha256: str = ""
 
     def save(self, path: Path) -> None:
         write_json_atomically(path, asdict(self))
@@ -131,6 +148,7 @@ class IngestSummary:
     seconds: float
     complete: bool
     skip_reasons: dict[str, int]
+    notes: tuple[str, ...] = ()
 
     def line(self) -> str:
         reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skip_reasons.items()))
@@ -139,7 +157,7 @@ class IngestSummary:
         return (
             f"{self.written} images written, {self.skipped} skipped" + (f" ({reasons})" if reasons else "")
             + f", {self.fixed} fixed, {rate:.1f} images/s; {self.out}: {self.total_rows} images "
-            f"in {self.shards} shards, {state}"
+            f"in {self.shards} shards, {state}" + "".join(f"; {note}" for note in self.notes)
         )
 
 
@@ -149,7 +167,7 @@ def _prepare(record: SourceRecord, limits: ImageLimits) -> PreparedImage | Image
     except ImageRejected as rejection:
         return rejection
     except (OSError, ValueError) as error:
-        return ImageRejected("unreadable", str(error))
+        return ImageRejected("unreadable", reproducible(str(error)))
 
 
 def prepared_records(
@@ -181,9 +199,10 @@ def _fill_part(
     """Write outcomes until the part holds `shard_bytes`; True when the source ran out first."""
     for record, outcome in outcomes:
         log.consumed += 1
+        log.ids.append(record.id)
         progress.update(1)
         if isinstance(outcome, ImageRejected):
-            log.skipped.append(RecordNote(record.id, outcome.reason))
+            log.skipped.append(RecordNote(record.id, outcome.reason, reproducible(outcome.detail)))
             continue
         writer.write(_shard_row(record, outcome))
         log.rows += 1
@@ -194,7 +213,9 @@ def _fill_part(
     return True
 
 
-def _summary(config: IngestConfig, logs: list[PartLog], manifest: Manifest, seconds: float) -> IngestSummary:
+def _summary(
+    config: IngestConfig, logs: list[PartLog], manifest: Manifest, seconds: float, notes: tuple[str, ...] = ()
+) -> IngestSummary:
     skip_reasons: dict[str, int] = {}
     for log in logs:
         for note in log.skipped:
@@ -209,6 +230,7 @@ def _summary(config: IngestConfig, logs: list[PartLog], manifest: Manifest, seco
         seconds=seconds,
         complete=manifest.complete,
         skip_reasons=skip_reasons,
+        notes=notes,
     )
 
 
@@ -222,12 +244,20 @@ def _progress(config: IngestConfig, source: ImageSource, done: int) -> tqdm:
     return tqdm(desc=f"ingest {config.source}", unit="img", initial=done, total=total, disable=not config.progress)
 
 
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as compared between runs: JSON values, the source spelt canonically."""
+    settings = json.loads(json.dumps(settings))
+    return {**settings, "source": canonical_spec(settings.get("source", ""))}
+
+
 def _claim(directory: Path, settings: dict[str, Any]) -> None:
     """Record the settings of the work in `directory`, refusing to mix it with different settings."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / SETTINGS_FILE
-    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(settings)):
-        raise ValueError(f"{directory.parent} holds unfinished work made with other settings; use another --out")
+    if path.is_file():
+        if _comparable(json.loads(path.read_text())) != _comparable(settings):
+            raise ValueError(f"{directory.parent} holds unfinished work made with other settings; use another --out")
+        return
     write_json_atomically(path, settings)
 
 
@@ -236,21 +266,85 @@ def _existing_manifest(config: IngestConfig) -> Manifest | None:
     if not (config.out / MANIFEST_NAME).is_file():
         return None
     manifest = read_manifest(config.out)
-    if settings_hash(manifest.settings) != settings_hash(config.settings()):
+    if _comparable(manifest.settings) != _comparable(config.settings()):
         raise ValueError(f"{config.out} already holds shards made with other settings; use another --out")
     return manifest
 
 
-def _staged_logs(staging: Path) -> list[PartLog]:
-    """Logs of the finished parts, in order; unfinished parts (no log) are deleted."""
-    logs = []
+def _examples(ids: list[str]) -> str:
+    shown = ", ".join(sorted(ids)[:EXAMPLES_SHOWN])
+    return shown + (", ..." if len(ids) > EXAMPLES_SHOWN else "")
+
+
+def _refuse_if_source_changed(config: IngestConfig, source: ImageSource, manifest: Manifest) -> None:
+    """A finished set must still be the source's images: say what was added or removed instead of "0 written"."""
+    if source.count() is None:  # a streamed source: listing its ids means reading it all
+        return
+    current = {record.id for record in islice(source.records(), config.limit)}
+    recorded = {row["id"] for entry in manifest.shards for row in read_rows(config.out / entry.name, ["id"])}
+    recorded |= {note.id for note in manifest.skipped}
+    added, removed = sorted(current - recorded), sorted(recorded - current)
+    if added or removed:
+        raise ValueError(
+            f"{config.out} is a finished ingest of {config.source}, which has changed since: "
+            f"{len(added)} new ({_examples(added)}), {len(removed)} gone ({_examples(removed)}); ingest into a new --out"
+        )
+
+
+def _drop_parts_from(staging: Path, first: int) -> None:
+    for path in staging.glob("part-*.*"):
+        if int(path.stem.removeprefix("part-")) >= first:
+            path.unlink()
+
+
+def _staged_logs(staging: Path) -> tuple[list[PartLog], tuple[str, ...]]:
+    """Logs of the finished parts, in order, and notes on parts redone.
+
+    An unfinished part (no log) is deleted; a part whose file no longer matches its logged
+    sha256 is deleted with every part after it, so their records are read again.
+    """
+    logs: list[PartLog] = []
     for index in range(len(list(staging.glob("part-*.json"))) + 1):
-        log_path = staging / f"part-{index:05d}.json"
+        log_path, part = staging / f"part-{index:05d}.json", staging / f"part-{index:05d}.parquet"
         if not log_path.is_file():
-            (staging / f"part-{index:05d}.parquet").unlink(missing_ok=True)
+            part.unlink(missing_ok=True)
             break
-        logs.append(PartLog.load(log_path))
-    return logs
+        log = PartLog.load(log_path)
+        if len(log.ids) != log.consumed:
+            raise ValueError(f"{staging} was left by an older segpic that did not log ids; delete it to start over")
+        if part.is_file() and file_sha256(part) != log.sha256:
+            _drop_parts_from(staging, index)
+            return logs, (f"staged {part.name} was damaged; it and later parts were redone",)
+        logs.append(log)
+    return logs, ()
+
+
+class ResumeFilter:
+    """Pass on the source records an interrupted run did not consume, matched by id, noting how the source changed."""
+
+    def __init__(self, earlier: list[PartLog]) -> None:
+        self.done = {record_id for log in earlier for record_id in log.ids}
+        self.found = 0
+        self.new = 0
+        self.new_before_last_found = 0
+
+    def __call__(self, records: Iterable[SourceRecord]) -> Iterator[SourceRecord]:
+        for record in records:
+            if record.id in self.done:
+                self.found += 1
+                self.new_before_last_found = self.new
+            else:
+                self.new += 1
+                yield record
+
+    def notes(self) -> tuple[str, ...]:
+        """What changed in the source since the earlier parts were written (empty when nothing did)."""
+        notes = []
+        if self.new_before_last_found:
+            notes.append(f"{self.new_before_last_found} new source record(s) among those already passed, ingested at the end")
+        if self.found < len(self.done):
+            notes.append(f"{len(self.done) - self.found} record(s) ingested earlier are no longer in the source (kept)")
+        return tuple(notes)
 
 
 def _finalize(config: IngestConfig, logs: list[PartLog]) -> Manifest:
@@ -280,14 +374,15 @@ def _ingest_single(config: IngestConfig, source: ImageSource) -> IngestSummary:
     staging = config.out / STAGING_DIR
     finished = _existing_manifest(config)
     if finished is not None and not staging.exists():
+        _refuse_if_source_changed(config, source, finished)
         return _summary(config, [], finished, 0.0)
     started = time.perf_counter()
     _claim(staging, config.settings())
-    earlier = _staged_logs(staging)
-    consumed = sum(log.consumed for log in earlier)
-    records = islice(source.records(), consumed, config.limit)
+    earlier, redone = _staged_logs(staging)
+    resume = ResumeFilter(earlier)
+    records = resume(islice(source.records(), config.limit))
     logs: list[PartLog] = []
-    with _progress(config, source, consumed) as progress:
+    with _progress(config, source, sum(log.consumed for log in earlier)) as progress:
         outcomes = prepared_records(records, config.limits, config.workers)
         exhausted = False
         while not exhausted:
@@ -298,10 +393,11 @@ def _ingest_single(config: IngestConfig, source: ImageSource) -> IngestSummary:
             if log.rows == 0:
                 part.unlink()
             if log.consumed:
+                log.sha256 = file_sha256(part) if log.rows else ""
                 log.save(part.with_suffix(".json"))
                 logs.append(log)
     manifest = _finalize(config, earlier + logs)
-    return _summary(config, logs, manifest, time.perf_counter() - started)
+    return _summary(config, logs, manifest, time.perf_counter() - started, redone + resume.notes())
 
 
 def _job_manifest(config: IngestConfig, jobs: Path) -> Manifest:
@@ -322,7 +418,9 @@ def _job_manifest(config: IngestConfig, jobs: Path) -> Manifest:
 def _ingest_job(config: IngestConfig, source: ImageSource) -> IngestSummary:
     jobs = config.out / JOBS_DIR
     started = time.perf_counter()
-    _existing_manifest(config)
+    finished = _existing_manifest(config)
+    if finished is not None and finished.complete:
+        _refuse_if_source_changed(config, source, finished)
     _claim(jobs, config.settings())
     name = shard_name(config.shard_index, config.num_shards)
     log_path = jobs / f"{name}.json"
@@ -342,10 +440,25 @@ def _ingest_job(config: IngestConfig, source: ImageSource) -> IngestSummary:
     return _summary(config, logs, _job_manifest(config, jobs), time.perf_counter() - started)
 
 
+def _refuse_out_inside_source(source: ImageSource, out: Path) -> None:
+    root = source.local_root()
+    if root is not None and out.resolve().is_relative_to(root.resolve()):
+        raise ValueError(
+            f"--out {out} is inside the source folder {root}: its shards would be read back as input; "
+            "choose an --out outside it"
+        )
+
+
 def ingest(config: IngestConfig) -> IngestSummary:
     """Turn `config.source` into image shards in `config.out`; resumes or completes earlier runs."""
     source = open_source(config.source)
-    config.out.mkdir(parents=True, exist_ok=True)
-    if config.num_shards is None:
-        return _ingest_single(config, source)
-    return _ingest_job(config, source)
+    _refuse_out_inside_source(source, config.out)
+    ensure_output_folder(config.out)
+    job = None if config.num_shards is None else (config.shard_index, config.num_shards)
+    with locked_output(config.out, job):
+        summary = _ingest_single(config, source) if job is None else _ingest_job(config, source)
+    if summary.complete and summary.total_rows == 0:
+        counts = Counter(note.reason for note in read_manifest(config.out).skipped)
+        reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items()))
+        raise ValueError(f"{config.source}: no image could be ingested" + (f" ({reasons})" if reasons else " (no images found)"))
+    return summary

@@ -11,6 +11,7 @@ the same inputs and settings (no timings: commands write those to a separate fil
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -25,24 +26,35 @@ MANIFEST_VERSION = 2
 VERSIONED_PACKAGES = ("segpic", "pillow", "pyarrow", "datasets", "numpy", "segment-anything", "torch", "scikit-image")
 HASH_CHUNK_BYTES = 1 << 20
 PUBLISHED_FILE_MODE = 0o644  # mkstemp creates 0600; manifests are meant to be read by others
+MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One finished shard as the manifest lists it."""
+    """One finished shard as the manifest lists it; a mask shard also names its image shard's sha256."""
 
     name: str
     rows: int
     bytes: int
     sha256: str
+    image_sha256: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
 class RecordNote:
-    """A record that was skipped (`reason`) or fixed (`reason` names the fixes)."""
+    """A record that was skipped (`reason`, with the error's `detail`) or fixed (`reason` names the fixes)."""
 
     id: str
     reason: str
+    detail: str = ""
+
+
+def reproducible(message: str) -> str:
+    """`message` without object memory addresses (`<BytesIO object at 0x7f..>`), so reruns record identical notes."""
+    return MEMORY_ADDRESS.sub("", message)
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,7 @@ class Manifest:
             "settings": self.settings,
             "settings_hash": settings_hash(self.settings),
             "versions": self.versions or package_versions(),
-            "shards": [asdict(shard) for shard in self.shards],
+            "shards": [shard.to_json() for shard in self.shards],
             "skipped": [asdict(note) for note in self.skipped],
             "fixed": [asdict(note) for note in self.fixed],
         }

@@ -7,256 +7,208 @@ plus `manifest.json`. Each finished mask shard is followed by a small report in
 so equal inputs give equal bytes);
 a shard counts as finished only when its report exists, so a killed run redoes at most
 the shards it was writing (which were never visible: `ShardWriter` renames on success).
-Restarting with other settings into the same OUT is refused.
+Each mask shard records the sha256 of the image shard it was made from (taken from the
+image manifest); a finished shard is skipped only when both its settings and that
+checksum match, else the run is refused.
 
-A failing image does not stop the run and does not break alignment: its row holds an
-all-zero label map of the image's size with `num_regions` 0 (the failure marker,
-`coverage` 0, `mean_iou` NaN), and the manifest's `skipped` lists its id and reason.
+Refused before anything is written: an IMAGES folder that is not a complete image set;
+an OUT that is IMAGES, a file, or holds shards or a manifest of another kind; a second
+run while one holds OUT's lock (`pipeline.output_folder`); a generator that cannot start.
+A run in which every image failed exits with an error.
+
+A failing image does not stop the run and does not break alignment: its row is the
+failure marker (`pipeline.mask_labelling`), and the manifest's `skipped` lists its id
+and reason.
 
 Job arrays: `--shard-index I --num-shards N` takes the image shards at positions
 p with p % N == I. Every job rewrites `manifest.json` from all reports present; it is
 marked complete once every image shard has its mask shard.
 """
 
-import io
-import json
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow.parquet as pq
-from PIL import Image
 from tqdm import tqdm
 
-from pipeline.generators import MaskGenerator, build_generator
-from pipeline.label_map_format import encode_label_map
-from pipeline.manifest import Manifest, RecordNote, ShardEntry, shard_entry, write_json_atomically, write_manifest
-from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, MASK_KIND, MASK_SCHEMA, ShardWriter, list_shards
+from pipeline.generators import MaskGenerator
+from pipeline.manifest import MANIFEST_NAME, Manifest, RecordNote, read_manifest, write_manifest
+from pipeline.mask_labelling import (
+    ImageRecord,
+    MasksConfig,
+    MasksSummary,
+    ShardReport,
+    decode_or_error,
+    failure_reason,
+    label_image,
+    read_records,
+    report_path,
+    write_mask_shard,
+)
+from pipeline.output_folder import ensure_output_folder, locked_output
+from pipeline.shards import IMAGE_KIND, MASK_KIND, list_shards, open_parquet, shard_files, shard_kind
 
-REPORTS_DIR = ".masks-reports"
-ENGINES = ("local", "ray")
 PREFETCH_PER_WORKER = 4
+MAX_ERROR_CHARS = 300
 
 
-@dataclass(frozen=True)
-class MasksConfig:
-    """One masks run; `options` are generator settings as (key, value) pairs (values may be strings)."""
-
-    images: Path
-    out: Path
-    generator: str
-    options: tuple[tuple[str, Any], ...] = ()
-    shard_index: int | None = None
-    num_shards: int | None = None
-    workers: int = 2
-    engine: str = "local"
-    ray_address: str = ""
-    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        if (self.shard_index is None) != (self.num_shards is None):
-            raise ValueError("give --shard-index and --num-shards together")
-        if self.num_shards is not None and not 0 <= self.shard_index < self.num_shards:
-            raise ValueError(f"shard index {self.shard_index} is outside 0..{self.num_shards - 1}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
-
-    def build_generator(self) -> MaskGenerator:
-        return build_generator(self.generator, dict(self.options))
+class GeneratorUnavailable(ValueError):
+    """The mask generator cannot start (weights unreadable or mismatched, input folder missing)."""
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image shard row, as much as the masks stage needs."""
-
-    id: str
-    data: bytes
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class ShardReport:
-    """What a finished mask shard contributes to the manifest."""
-
-    entry: ShardEntry
-    failed: list[RecordNote]
-    settings_hash: str
-
-    @classmethod
-    def read(cls, path: Path) -> "ShardReport":
-        data = json.loads(path.read_text())
-        return cls(ShardEntry(**data["entry"]), [RecordNote(**note) for note in data["failed"]], data["settings_hash"])
-
-
-@dataclass
-class MasksSummary:
-    """What a run did: shards written and skipped as already finished, images and failures."""
-
-    written: list[str] = field(default_factory=list)
-    already_done: list[str] = field(default_factory=list)
-    images: int = 0
-    failed: int = 0
-    complete: bool = False
-
-
-def decode_rgb(data: bytes) -> np.ndarray:
-    """(H, W, 3) uint8 pixels of an image shard's bytes (ingest already fixed orientation and mode)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def decode_or_error(data: bytes) -> np.ndarray | Exception:
-    """Decoded pixels, or the decoding error, which `label_image` then records for this image."""
+def image_shard_checksums(images: Path) -> dict[str, str]:
+    """Sha256 of every image shard, in order, from the image manifest; refuses anything but a complete image set."""
+    shards = list_shards(images)
     try:
-        return decode_rgb(data)
-    except Exception as error:  # a corrupt image must not stop the run
-        return error
+        manifest = read_manifest(images)
+    except FileNotFoundError as error:
+        raise ValueError(f"{images}: no {MANIFEST_NAME}; give the image shard folder written by `segpic ingest`") from error
+    if manifest.kind != IMAGE_KIND:
+        raise ValueError(f"{images} holds {manifest.kind} shards, not image shards")
+    if not manifest.complete:
+        raise ValueError(f"{images}: the image set is incomplete (ingest jobs pending)")
+    listed = {entry.name: entry.sha256 for entry in manifest.shards}
+    if sorted(listed) != [path.name for path in shards]:
+        raise ValueError(f"{images}/{MANIFEST_NAME} does not list exactly the shard files present; run `segpic verify`")
+    return {path.name: listed[path.name] for path in shards}
 
 
-def label_image(generator: MaskGenerator, record: ImageRecord, image: np.ndarray | Exception) -> tuple[dict[str, Any], RecordNote | None]:
-    """The mask shard row for one image, and a note when it failed (see the module docstring)."""
-    try:
-        if isinstance(image, Exception):
-            raise image
-        result = generator.generate(image, record.id)
-        label_map, stats, failure = result.label_map, result.stats, None
-        num_regions, coverage, mean_iou = stats.num_regions, stats.coverage, stats.mean_iou
-    except Exception as error:  # one bad image must not stop a long run; the manifest records it
-        failure = RecordNote(record.id, f"{type(error).__name__}: {error}")
-        label_map = np.zeros((record.height, record.width), dtype=np.int32)
-        num_regions, coverage, mean_iou = 0, 0.0, float("nan")
-    row = {
-        "id": record.id,
-        "mask": {"bytes": encode_label_map(label_map), "path": None},
-        "num_regions": num_regions,
-        "coverage": coverage,
-        "mean_iou": mean_iou,
-        "generator": generator.name,
-        "settings_hash": generator.settings_hash,
-    }
-    return row, failure
+def check_output_folder(config: MasksConfig) -> None:
+    """Refuse an OUT that is the image folder or holds anything but mask shards, before writing anything."""
+    out = config.out
+    if out.resolve() == config.images.resolve():
+        raise ValueError(f"--out {out} is the image shard folder; mask shards need a folder of their own")
+    if not out.is_dir():
+        return
+    if (out / MANIFEST_NAME).is_file() and (kind := read_manifest(out).kind) != MASK_KIND:
+        raise ValueError(f"--out {out} holds {kind} shards ({MANIFEST_NAME}); mask shards need a folder of their own")
+    for path in shard_files(out):
+        if (kind := shard_kind(path)) != MASK_KIND:
+            raise ValueError(f"--out {out} holds {kind} shards ({path.name}); mask shards need a folder of their own")
 
 
-def read_records(path: Path) -> Iterator[ImageRecord]:
-    """Image shard rows in order, one row group in memory at a time."""
-    parquet = pq.ParquetFile(path)
-    for group in range(parquet.num_row_groups):
-        for row in parquet.read_row_group(group, columns=["id", "image", "width", "height"]).to_pylist():
-            yield ImageRecord(row["id"], row["image"]["bytes"], row["width"], row["height"])
-
-
-def _report_path(out: Path, shard: str) -> Path:
-    return out / REPORTS_DIR / f"{shard}.json"
-
-
-def pending_shards(config: MasksConfig, settings_hash: str) -> tuple[list[Path], list[str]]:
-    """(image shards this job must still mask, names already finished with the same settings)."""
-    shards = list_shards(config.images)
+def pending_shards(config: MasksConfig, settings_hash: str, checksums: dict[str, str]) -> tuple[list[Path], list[str]]:
+    """(image shards this job must still mask, names already finished from the same image shards and settings)."""
+    shards = [config.images / name for name in checksums]
     if config.num_shards is not None:
         shards = [path for position, path in enumerate(shards) if position % config.num_shards == config.shard_index]
     todo, done = [], []
     for path in shards:
-        report = _report_path(config.out, path.name)
-        if not (report.is_file() and (config.out / path.name).is_file()):
+        report_file = report_path(config.out, path.name)
+        report = ShardReport.read(report_file) if report_file.is_file() and (config.out / path.name).is_file() else None
+        if report is None or report.entry.image_sha256 is None:  # unfinished, or too old to say what it was made from
             todo.append(path)
             continue
-        found = ShardReport.read(report).settings_hash
-        if found != settings_hash:
+        if report.settings_hash != settings_hash:
             raise ValueError(
-                f"{config.out / path.name} was made with other settings (hash {found}, now {settings_hash}); use another --out"
+                f"{config.out / path.name} was made with other settings (hash {report.settings_hash}, now {settings_hash}); "
+                "use another --out"
             )
+        if report.entry.image_sha256 != checksums[path.name]:
+            raise ValueError(f"{config.out / path.name} was made from another image set (its image shard differs); use another --out")
         done.append(path.name)
     return todo, done
 
 
-def write_mask_shard(
-    out: Path, image_shard: Path, rows: Iterable[tuple[dict[str, Any], RecordNote | None]], settings_hash: str, row_group_bytes: int
-) -> ShardReport:
-    """Write one mask shard atomically from its rows, then its report; returns the report."""
-    failed = []
-    target = out / image_shard.name
-    with ShardWriter(target, MASK_SCHEMA, row_group_bytes=row_group_bytes) as writer:
-        for row, failure in rows:
-            writer.write(row)
-            if failure is not None:
-                failed.append(failure)
-    report = ShardReport(shard_entry(target, writer.rows_written), failed, settings_hash)
-    path = _report_path(out, image_shard.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(path, asdict(report))
-    return report
+def start_generator(generator: MaskGenerator) -> None:
+    """Load what the generator needs now, so a bad checkpoint or folder fails once, in one line, before any shard."""
+    try:
+        generator.start()
+    except Exception as error:  # whatever loading raises (unpickling, shape mismatch, I/O) means it cannot run
+        reason = failure_reason(error).splitlines()[0][:MAX_ERROR_CHARS]
+        raise GeneratorUnavailable(f"mask generator {generator.name} cannot start: {reason}") from error
 
 
-def _local_rows(generator: MaskGenerator, image_shard: Path, pool: ThreadPoolExecutor, lookahead: int, progress: tqdm) -> Iterator[tuple[dict[str, Any], RecordNote | None]]:
+def _local_rows(
+    generator: MaskGenerator, image_shard: Path, pool: ThreadPoolExecutor, lookahead: int, max_label_map_bytes: int, progress: tqdm
+) -> Iterator[tuple[dict[str, Any], RecordNote | None]]:
     """Label the shard's images in order while worker threads decode the next ones."""
 
     queue: deque[tuple[ImageRecord, Future]] = deque()
     records = read_records(image_shard)
     for record in records:
-        queue.append((record, pool.submit(decode_or_error, record.data)))
+        queue.append((record, pool.submit(decode_or_error, record, max_label_map_bytes)))
         if len(queue) >= lookahead:
             break
     while queue:
         record, future = queue.popleft()
         next_record = next(records, None)
         if next_record is not None:
-            queue.append((next_record, pool.submit(decode_or_error, next_record.data)))
+            queue.append((next_record, pool.submit(decode_or_error, next_record, max_label_map_bytes)))
         yield label_image(generator, record, future.result())
         progress.update(1)
 
 
-def run_local(config: MasksConfig, generator: MaskGenerator, shards: list[Path], progress: tqdm) -> list[ShardReport]:
+def run_local(
+    config: MasksConfig, generator: MaskGenerator, shards: list[Path], checksums: dict[str, str], progress: tqdm
+) -> list[ShardReport]:
     """The local engine: one generator in this process, decoding on `workers` threads."""
     reports = []
+    lookahead = config.workers * PREFETCH_PER_WORKER
     with ThreadPoolExecutor(max_workers=config.workers) as pool:
         for shard in shards:
-            rows = _local_rows(generator, shard, pool, config.workers * PREFETCH_PER_WORKER, progress)
-            reports.append(write_mask_shard(config.out, shard, rows, generator.settings_hash, config.row_group_bytes))
+            rows = _local_rows(generator, shard, pool, lookahead, config.max_label_map_bytes, progress)
+            report = write_mask_shard(config.out, shard, rows, generator.settings_hash, config.row_group_bytes, checksums[shard.name])
+            reports.append(report)
     return reports
 
 
-def refresh_manifest(config: MasksConfig, generator: MaskGenerator) -> bool:
-    """Rewrite OUT/manifest.json from every report present; returns whether the set is complete."""
-    names = [path.name for path in list_shards(config.images)]
-    reports = [ShardReport.read(_report_path(config.out, name)) for name in names if _report_path(config.out, name).is_file()]
-    complete = len(reports) == len(names)
+def refresh_manifest(config: MasksConfig, generator: MaskGenerator, names: list[str]) -> Manifest:
+    """Rewrite OUT/manifest.json from the reports of the image shards `names` present; returns it."""
+    reports = [ShardReport.read(report_path(config.out, name)) for name in names if report_path(config.out, name).is_file()]
     manifest = Manifest(
         kind=MASK_KIND,
         settings=generator.settings(),
         shards=[report.entry for report in reports],
         skipped=[note for report in reports for note in report.failed],
-        complete=complete,
+        complete=len(reports) == len(names),
     )
     write_manifest(config.out, manifest)
-    return complete
+    return manifest
+
+
+def refuse_empty_result(summary: MasksSummary, manifest: Manifest, out: Path) -> None:
+    """Raise when this run labelled images but every one failed, or the finished set holds only failures."""
+    all_failed = summary.images > 0 and summary.failed == summary.images
+    if all_failed or (manifest.complete and manifest.rows > 0 and len(manifest.skipped) == manifest.rows):
+        first = manifest.skipped[0] if manifest.skipped else None
+        example = f" (first: {first.id}: {first.reason[:MAX_ERROR_CHARS]})" if first else ""
+        raise ValueError(f"{out}: no image could be labelled, every row is a failure marker{example}")
 
 
 def make_masks(config: MasksConfig) -> MasksSummary:
-    """Run the masks stage with the configured engine; see the module docstring."""
-    generator = config.build_generator()
-    todo, done = pending_shards(config, generator.settings_hash)
-    config.out.mkdir(parents=True, exist_ok=True)
-    total = sum(pq.ParquetFile(path).metadata.num_rows for path in todo)
-    with tqdm(total=total, unit="img", desc=f"masks ({generator.name})", disable=not config.progress) as progress:
-        if config.engine == "ray":
-            from pipeline.ray_engine import run_ray  # Ray is heavy to import; only this engine needs it
+    """Run the masks stage with the configured engine; see the module docstring.
 
-            reports = run_ray(config, todo, progress)
-        else:
-            reports = run_local(config, generator, todo, progress)
-    summary = MasksSummary(
-        written=[report.entry.name for report in reports],
-        already_done=done,
-        images=sum(report.entry.rows for report in reports),
-        failed=sum(len(report.failed) for report in reports),
-    )
-    summary.complete = refresh_manifest(config, generator)
+    Everything that can be checked is checked before anything is written: the settings,
+    the image set, the output folder (not the images, not another kind or image set), the
+    lock, and the generator itself (started once here).
+    """
+    generator = config.build_generator()
+    checksums = image_shard_checksums(config.images)
+    check_output_folder(config)
+    ensure_output_folder(config.out)
+    job = None if config.num_shards is None else (config.shard_index, config.num_shards)
+    with locked_output(config.out, job):
+        todo, done = pending_shards(config, generator.settings_hash, checksums)
+        if todo:
+            start_generator(generator)
+        total = sum(open_parquet(path).metadata.num_rows for path in todo)
+        with tqdm(total=total, unit="img", desc=f"masks ({generator.name})", disable=not config.progress) as progress:
+            if config.engine == "ray":
+                from pipeline.ray_engine import run_ray  # Ray is heavy to import; only this engine needs it
+
+                reports = run_ray(config, todo, checksums, progress)
+            else:
+                reports = run_local(config, generator, todo, checksums, progress)
+        summary = MasksSummary(
+            written=[report.entry.name for report in reports],
+            already_done=done,
+            images=sum(report.entry.rows for report in reports),
+            failed=sum(len(report.failed) for report in reports),
+        )
+        manifest = refresh_manifest(config, generator, list(checksums))
+    summary.complete = manifest.complete
+    refuse_empty_result(summary, manifest, config.out)
     return summary

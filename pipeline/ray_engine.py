@@ -6,9 +6,18 @@ GPUs, else up to `workers` CPU actors), labels the rows with the same `label_ima
 local engine uses, and the driver streams the results back, shard by shard in their
 original order, through the same `write_mask_shard`.
 So mask shards, reports and the manifest are identical whichever engine made them.
+
+`--ray-address`: empty starts a local instance; `ray://HOST:PORT` joins a cluster through
+the Ray client (the `ray[client]` extra, installed with the project; with Ray's token
+authentication set RAY_AUTH_MODE=token and the head's token); `HOST:PORT` joins
+from a node of the cluster. The address is probed first, so an unreachable cluster fails
+within `PROBE_TIMEOUT_S` with one line instead of Ray's retry loop.
 """
 
+import importlib.util
+import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +28,56 @@ from tqdm import tqdm
 
 from pipeline.generators import build_generator
 from pipeline.manifest import RecordNote
-from pipeline.masks import ImageRecord, MasksConfig, ShardReport, decode_or_error, label_image, write_mask_shard
+from pipeline.mask_labelling import ImageRecord, MasksConfig, ShardReport, decode_or_error, label_image, write_mask_shard
 from pipeline.shards import MASK_SCHEMA
+
+CLIENT_PREFIX = "ray://"
+PROBE_TIMEOUT_S = 30  # a silent (firewalled) address fails after this, well within a minute
+
+
+class RayUnreachable(ValueError):
+    """The Ray cluster named by `--ray-address` cannot be joined."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of `ray://HOST:PORT` or `HOST:PORT`; None for forms only Ray resolves (`auto`)."""
+    host, colon, port = address.removeprefix(CLIENT_PREFIX).rpartition(":")
+    return (host, int(port)) if colon and host and port.isdigit() else None
+
+
+def connect(address: str) -> None:
+    """Join the cluster at `address`, or start a local instance when it is empty; one-line errors."""
+    if ray.is_initialized():
+        return
+    target = _host_port(address) if address else None
+    if target is not None:
+        try:
+            socket.create_connection(target, timeout=PROBE_TIMEOUT_S).close()
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise RayUnreachable(f"Ray cluster {address} is unreachable ({reason}); is the head node running?") from error
+    if address.startswith(CLIENT_PREFIX) and importlib.util.find_spec("grpc") is None:
+        raise RayUnreachable(f"{address}: the Ray client is not installed (pip install 'ray[client]')")
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, TimeoutError, RuntimeError) as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        hint = "; a cluster with token authentication needs RAY_AUTH_MODE=token here" if address.startswith(CLIENT_PREFIX) else ""
+        raise RayUnreachable(f"Ray cluster {address}: cannot connect ({first_line}){hint}") from error
 
 
 class MaskActor:
     """Holds one generator (e.g. a SAM model on its GPU) and labels batches of image rows."""
 
-    def __init__(self, generator: str, options: tuple[tuple[str, Any], ...]) -> None:
+    def __init__(self, generator: str, options: tuple[tuple[str, Any], ...], max_label_map_bytes: int) -> None:
         self.generator = build_generator(generator, dict(options))
+        self.max_label_map_bytes = max_label_map_bytes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         columns: dict[str, list] = {key: [] for key in (*MASK_SCHEMA.names, "failure", "path")}
         for image_id, image, width, height, path in zip(batch["id"], batch["image"], batch["width"], batch["height"], batch["path"]):
             record = ImageRecord(str(image_id), bytes(image["bytes"]), int(width), int(height))
-            row, failure = label_image(self.generator, record, decode_or_error(record.data))
+            row, failure = label_image(self.generator, record, decode_or_error(record, self.max_label_map_bytes))
             row["mask"] = row["mask"]["bytes"]
             row.update(failure="" if failure is None else failure.reason, path=Path(str(path)).name)
             for key, value in row.items():
@@ -62,7 +106,9 @@ def _labelled_rows(config: MasksConfig, shards: list[Path]) -> Iterator[dict[str
         .select_columns(["id", "image", "width", "height", "path"])
         .map_batches(
             MaskActor,
-            fn_constructor_kwargs={"generator": config.generator, "options": config.options},
+            fn_constructor_kwargs={
+                "generator": config.generator, "options": config.options, "max_label_map_bytes": config.max_label_map_bytes
+            },
             batch_size=1,
             batch_format="numpy",
             **_actor_resources(config.workers),
@@ -96,20 +142,43 @@ class PeekableRows:
         return row
 
 
-def run_ray(config: MasksConfig, shards: list[Path], progress: tqdm) -> list[ShardReport]:
-    """Mask `shards` on the Ray cluster at `config.ray_address` (a local instance when empty)."""
-    if not shards:
-        return []
-    if not ray.is_initialized():
-        ray.init(address=config.ray_address or None, include_dashboard=False, log_to_driver=False)
+def _label_and_write(config: MasksConfig, shards: list[Path], checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
+    """The driver's side of the pipeline: stream labelled rows back and write them shard by shard."""
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     settings_hash = config.build_generator().settings_hash
     rows = PeekableRows(_labelled_rows(config, shards))
     reports = [
-        write_mask_shard(config.out, shard, _shard_rows(rows, shard.name, progress), settings_hash, config.row_group_bytes)
+        write_mask_shard(
+            config.out, shard, _shard_rows(rows, shard.name, progress), settings_hash, config.row_group_bytes, checksums[shard.name]
+        )
         for shard in shards
     ]
     assert rows.peek() is None, "Ray returned rows of no pending shard"
+    return reports
+
+
+def _on_the_cluster(config: MasksConfig, shards: list[Path], checksums: dict[str, str]) -> list[ShardReport]:
+    """`_label_and_write` as a task on the cluster, for Ray client drivers (Ray Data cannot run through the client)."""
+    with tqdm(disable=True) as progress:
+        return _label_and_write(config, shards, checksums, progress)
+
+
+def run_ray(config: MasksConfig, shards: list[Path], checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
+    """Mask `shards` on the Ray cluster at `config.ray_address` (a local instance when empty).
+
+    Through the Ray client (`ray://`) the driver's side runs as one task on the cluster,
+    which reads IMAGES and writes OUT there: both must be on storage the cluster shares
+    (as IMAGES already must be for the cluster's read tasks); paths are made absolute.
+    """
+    if not shards:
+        return []
+    connect(config.ray_address)
+    if not config.ray_address.startswith(CLIENT_PREFIX):
+        return _label_and_write(config, shards, checksums, progress)
+    absolute = replace(config, images=config.images.resolve(), out=config.out.resolve())
+    task = ray.remote(num_cpus=0)(_on_the_cluster)
+    reports = ray.get(task.remote(absolute, [shard.resolve() for shard in shards], checksums))
+    progress.update(sum(report.entry.rows for report in reports))
     return reports

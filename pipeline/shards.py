@@ -72,6 +72,15 @@ MASK_SCHEMA = _schema(
 )
 SCHEMAS = {IMAGE_KIND: IMAGE_SCHEMA, MASK_KIND: MASK_SCHEMA}
 
+# A mask row with `num_regions` FAILED_NUM_REGIONS marks an image the masks stage could not
+# label: its label map is all zero, and statistics and training leave it out.
+FAILED_NUM_REGIONS = 0
+
+
+def is_failure_marker(num_regions: int) -> bool:
+    """Whether a mask row's `num_regions` marks an image the masks stage could not label."""
+    return num_regions == FAILED_NUM_REGIONS
+
 
 def shard_name(index: int, count: int) -> str:
     """`part-00002-of-00010.parquet`: the Hub's name, which says its place and the total."""
@@ -120,7 +129,7 @@ def list_shards(directory: Path) -> list[Path]:
 
 def shard_kind(path: Path) -> str:
     """`images` or `masks`, read from the file's `segpic` metadata; raises on foreign files."""
-    metadata = pq.read_schema(path).metadata or {}
+    metadata = open_parquet(path).schema_arrow.metadata or {}
     if b"segpic" not in metadata:
         raise ValueError(f"{path}: not a segpic shard (no segpic schema metadata)")
     tag = json.loads(metadata[b"segpic"])
@@ -130,11 +139,26 @@ def shard_kind(path: Path) -> str:
     return tag["kind"]
 
 
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """Open a Parquet file; a damaged or foreign file raises ValueError naming it (pyarrow raises assorted types)."""
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as error:
+        raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
+
+
 def read_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Rows of one shard as dicts, one row group in memory at a time."""
-    parquet = pq.ParquetFile(path)
+    """Rows of one shard as dicts, one row group in memory at a time; a damaged file raises ValueError naming it."""
+    parquet = open_parquet(path)
+    if columns is not None and set(columns) - set(parquet.schema_arrow.names):
+        missing = sorted(set(columns) - set(parquet.schema_arrow.names))
+        raise ValueError(f"{path}: lacks columns {missing} (is it the right kind of shard?)")
     for group in range(parquet.num_row_groups):
-        yield from parquet.read_row_group(group, columns=list(columns) if columns else None).to_pylist()
+        try:
+            table = parquet.read_row_group(group, columns=list(columns) if columns else None)
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"{path}: row group {group} cannot be read ({error})") from error
+        yield from table.to_pylist()
 
 
 def _row_bytes(row: dict[str, Any]) -> int:

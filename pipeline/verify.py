@@ -2,22 +2,34 @@
 
 Checks, collecting every problem rather than stopping at the first: the shard set is
 complete; the manifest lists exactly these files with matching row counts, sizes and
-sha256; each file is readable Parquet with the expected schema and metadata; ids are
-unique; every row decodes (images to their recorded width and height; label maps to the
+sha256, and its counts, settings hash and skip list agree with the shards (skipped
+images are absent, fixed ones present; a mask set's failures are exactly its failure
+marker rows, and each mask shard was made from the image shard beside it); each file
+is readable Parquet with the expected schema and metadata; ids are unique; every row decodes (images to their recorded width and height; label maps to the
 image's size with values below `num_regions`); and mask shards align with the image
 shards (same file names, same ids in the same order).
 """
 
 import io
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.manifest import ShardEntry, read_manifest, shard_entry
-from pipeline.shards import IMAGE_KIND, MASK_KIND, SCHEMAS, missing_shards, shard_files, shard_kind
+from pipeline.manifest import MANIFEST_NAME, Manifest, read_manifest, settings_hash, shard_entry
+from pipeline.shards import (
+    IMAGE_KIND,
+    MASK_KIND,
+    SCHEMAS,
+    is_failure_marker,
+    missing_shards,
+    open_parquet,
+    shard_files,
+    shard_kind,
+)
 
 MAX_ROW_PROBLEMS_PER_SHARD = 10
 
@@ -47,21 +59,22 @@ class VerifyReport:
 ImageRows = dict[str, list[tuple[str, int, int]]]
 
 
-def _check_files(directory: Path, kind: str, report: VerifyReport) -> tuple[list[Path], dict[str, ShardEntry]]:
-    """Shard set completeness and manifest agreement; returns the files to read and their manifest entries."""
+def _check_files(directory: Path, kind: str, report: VerifyReport) -> tuple[list[Path], Manifest | None]:
+    """Shard set completeness and manifest agreement; returns the files to read and the manifest."""
     try:
         files = shard_files(directory)
         report.problems += [f"{directory}: missing shard {name}" for name in missing_shards(directory)]
     except (FileNotFoundError, ValueError) as error:
         report.problems.append(str(error))
-        return [], {}
+        return [], None
     if not files:
         report.problems.append(f"{directory}: no shard files")
     try:
         manifest = read_manifest(directory)
     except (FileNotFoundError, ValueError) as error:
         report.problems.append(str(error))
-        return files, {}
+        return files, None
+    _check_manifest_counts(directory, manifest, report)
     if manifest.kind != kind:
         report.problems.append(f"{directory}/manifest.json: kind {manifest.kind!r}, expected {kind!r}")
     if not manifest.complete:
@@ -73,14 +86,51 @@ def _check_files(directory: Path, kind: str, report: VerifyReport) -> tuple[list
         entry = listed.get(path.name)
         if entry is None:
             report.problems.append(f"{path}: not listed in the manifest")
-        elif shard_entry(path, entry.rows) != entry:
+        elif shard_entry(path, entry.rows) != replace(entry, image_sha256=None):
             report.problems.append(f"{path}: size or sha256 differs from the manifest (file damaged or replaced)")
-    return files, listed
+    return files, manifest
+
+
+def _check_manifest_counts(directory: Path, manifest: Manifest, report: VerifyReport) -> None:
+    """The manifest's summary fields (counts, settings hash) must agree with the lists they summarise."""
+    path = directory / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    expected = {"shards": len(manifest.shards), "rows": manifest.rows, "skipped": len(manifest.skipped), "fixed": len(manifest.fixed)}
+    for key, value in expected.items():
+        if data.get("counts", {}).get(key) != value:
+            report.problems.append(f"{path}: counts.{key} is {data.get('counts', {}).get(key)}, its lists give {value}")
+    if data.get("settings_hash") != settings_hash(manifest.settings):
+        report.problems.append(f"{path}: settings_hash {data.get('settings_hash')} does not match its settings")
+
+
+def _check_skip_list(directory: Path, manifest: Manifest, ids: set[str], failed: set[str], report: VerifyReport) -> None:
+    """Skipped images must be absent from image shards, fixed ones present; mask failures are exactly the marker rows."""
+    where = directory / MANIFEST_NAME
+    skipped = [note.id for note in manifest.skipped]
+    if len(set(skipped)) != len(skipped):
+        report.problems.append(f"{where}: the skip list names an id twice")
+    if manifest.kind == IMAGE_KIND:
+        for record in sorted(set(skipped) & ids)[:MAX_ROW_PROBLEMS_PER_SHARD]:
+            report.problems.append(f"{where}: {record!r} is listed as skipped but is in the shards")
+        for record in sorted({note.id for note in manifest.fixed} - ids)[:MAX_ROW_PROBLEMS_PER_SHARD]:
+            report.problems.append(f"{where}: {record!r} is listed as fixed but is not in the shards")
+        return
+    for record in sorted(set(skipped) ^ failed)[:MAX_ROW_PROBLEMS_PER_SHARD]:
+        state = "listed as failed but its row is not a failure marker" if record in skipped else "a failure marker row not listed as failed"
+        report.problems.append(f"{where}: {record!r} is {state}")
+
+
+def _check_made_from(masks: Path, mask_manifest: Manifest, image_manifest: Manifest, report: VerifyReport) -> None:
+    """Each mask shard's recorded image checksum must be that of the image shard of the same name."""
+    images = {entry.name: entry.sha256 for entry in image_manifest.shards}
+    for entry in mask_manifest.shards:
+        if entry.image_sha256 is not None and entry.name in images and entry.image_sha256 != images[entry.name]:
+            report.problems.append(f"{masks / entry.name}: made from another image shard than {entry.name} (sha256 differs)")
 
 
 def _check_schema(path: Path, kind: str, report: VerifyReport) -> pq.ParquetFile | None:
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = open_parquet(path)
         found = shard_kind(path)
     except ValueError as error:
         report.problems.append(str(error))
@@ -134,18 +184,22 @@ def _mask_problem(row: dict, size: tuple[int, int] | None) -> str | None:
     if size is not None and mask.size != size:
         return f"label map is {mask.size[0]}x{mask.size[1]}, its image {size[0]}x{size[1]}"
     highest = int(np.asarray(mask).max())
-    if row["num_regions"] == 0:  # the masks stage's marker for an image it could not label
+    if is_failure_marker(row["num_regions"]):
         return None if highest == 0 else f"failure marker (num_regions 0) holds labels up to {highest}"
     if highest >= row["num_regions"]:
         return f"label values reach {highest}, num_regions is {row['num_regions']}"
     return None
 
 
-def _check_directory(directory: Path, kind: str, images: ImageRows | None, report: VerifyReport) -> ImageRows:
+def _check_directory(
+    directory: Path, kind: str, images: ImageRows | None, report: VerifyReport
+) -> tuple[ImageRows, Manifest | None]:
     """Check one directory; for masks, `images` gives the rows they must align with."""
     seen: set[str] = set()
+    failed: set[str] = set()
     collected: ImageRows = {}
-    files, listed = _check_files(directory, kind, report)
+    files, manifest = _check_files(directory, kind, report)
+    listed = {entry.name: entry for entry in manifest.shards} if manifest is not None else {}
     for path in files:
         parquet = _check_schema(path, kind, report)
         if parquet is None:
@@ -167,6 +221,8 @@ def _check_directory(directory: Path, kind: str, images: ImageRows | None, repor
             if row["id"] in seen:
                 row_problems.append(f"{path}: duplicate id {row['id']!r}")
             seen.add(row["id"])
+            if kind == MASK_KIND and is_failure_marker(row["num_regions"]):
+                failed.add(row["id"])
             size = (expected[position][1], expected[position][2]) if expected is not None else None
             problem = _image_problem(row) if kind == IMAGE_KIND else _mask_problem(row, size)
             if problem:
@@ -174,15 +230,19 @@ def _check_directory(directory: Path, kind: str, images: ImageRows | None, repor
         report.problems += row_problems[:MAX_ROW_PROBLEMS_PER_SHARD]
         if len(row_problems) > MAX_ROW_PROBLEMS_PER_SHARD:
             report.problems.append(f"{path}: {len(row_problems) - MAX_ROW_PROBLEMS_PER_SHARD} more bad records")
-    return collected
+    if manifest is not None:
+        _check_skip_list(directory, manifest, seen, failed, report)
+    return collected, manifest
 
 
 def verify(config: VerifyConfig) -> VerifyReport:
     """Check the image shards and, when given, the mask shards against them."""
     report = VerifyReport()
-    images = _check_directory(Path(config.images), IMAGE_KIND, None, report)
+    images, image_manifest = _check_directory(Path(config.images), IMAGE_KIND, None, report)
     if config.masks is not None:
-        masks = _check_directory(Path(config.masks), MASK_KIND, images, report)
+        masks, mask_manifest = _check_directory(Path(config.masks), MASK_KIND, images, report)
+        if image_manifest is not None and mask_manifest is not None:
+            _check_made_from(Path(config.masks), mask_manifest, image_manifest, report)
         for name in sorted(set(images) - set(masks)):
             if not any(name in problem for problem in report.problems):
                 report.problems.append(f"{config.masks}: no mask shard for image shard {name}")

@@ -1,5 +1,9 @@
 """Shared fixtures: real shard directories built from the offline sample photos."""
 
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,3 +30,31 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from pipeline.output_folder import locked_output
+with locked_output(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def lock_held_by_another_process() -> Callable:
+    """`with lock_held_by_another_process(out):` a second process holds OUT's lock for the block."""
+
+    @contextmanager
+    def hold(out: Path) -> Iterator[None]:
+        out.mkdir(parents=True, exist_ok=True)
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            yield
+        finally:
+            holder.kill()
+            holder.wait()
+
+    return hold

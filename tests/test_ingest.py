@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pipeline.cli import app
 from pipeline.images import ImageLimits, ImageRejected, prepare_image
 from pipeline.ingest import STAGING_DIR, IngestConfig, ingest
 from pipeline.manifest import read_manifest
+from pipeline.output_folder import LOCK_NAME
 from pipeline.sample import sample_photo_paths
 from pipeline.shards import list_shards, read_rows
 
@@ -167,7 +169,7 @@ def test_killed_run_resumes_without_losing_or_duplicating_images(tmp_path):
     out = tmp_path / "killed"
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_PARTS, str(out)], capture_output=True)
     assert killed.returncode == -9
-    assert sorted(path.name for path in out.iterdir()) == [STAGING_DIR]  # nothing final is visible
+    assert sorted(path.name for path in out.iterdir()) == sorted([LOCK_NAME, STAGING_DIR])  # nothing final is visible
     logs = sorted((out / STAGING_DIR).glob("part-*.json"))
     assert len(logs) == 2 and len(list((out / STAGING_DIR).glob("part-*.parquet"))) == 3  # third: unlogged
     logged_rows = sum(json.loads(log.read_text())["rows"] for log in logs)
@@ -244,3 +246,156 @@ def test_cli_job_array_options_name_the_shard_and_must_come_together(tmp_path):
     assert ids == ["chelsea.png", "rocket.jpg"]
     result = runner.invoke(app, [*args, "--shard-index", "1"])
     assert result.exit_code == 1 and "go together" in result.output
+
+
+def photo_folder(folder, names=None):
+    """A folder holding copies of the sample photos (all, or those named)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in sample_photo_paths():
+        if names is None or photo.name in names:
+            (folder / photo.name).write_bytes(photo.read_bytes())
+    return folder
+
+
+def interrupt_after(monkeypatch, images: int) -> None:
+    """Make the ingest die (as by running out of memory) when it prepares image number `images` + 1."""
+    from pipeline import ingest as module
+
+    calls = []
+
+    def failing_prepare(data, limits):
+        calls.append(1)
+        if len(calls) > images:
+            raise MemoryError("injected")
+        return prepare_image(data, limits)
+
+    monkeypatch.setattr(module, "prepare_image", failing_prepare)
+
+
+def ids_in(directory) -> list[str]:
+    return [row["id"] for path in list_shards(directory) for row in read_rows(path, ["id"])]
+
+
+def test_resume_after_the_source_changed_loses_and_duplicates_nothing(tmp_path, monkeypatch):
+    photos = photo_folder(tmp_path / "photos")
+    out = tmp_path / "out"
+    interrupt_after(monkeypatch, 5)
+    with pytest.raises(MemoryError):
+        ingest(IngestConfig(str(photos), out, shard_bytes=900_000, workers=1))
+    monkeypatch.undo()
+    logged = [record_id for log in sorted((out / STAGING_DIR).glob("part-*.json"))
+              for record_id in json.loads(log.read_text())["ids"]]
+    assert "astronaut.png" in logged and "chelsea.png" in logged
+    (photos / "astronaut.png").unlink()  # ingested already, then deleted from the source
+    (photos / "aardvark.png").write_bytes(sample_photo_paths()[1].read_bytes())  # sorts before the resume point
+    summary = ingest(IngestConfig(str(photos), out, shard_bytes=900_000, workers=1))
+    ids = ids_in(out)
+    assert len(ids) == len(set(ids)) == 11
+    assert set(ids) == {path.name for path in photos.iterdir()} | {"astronaut.png"}
+    assert "1 new source record(s) among those already passed" in summary.line()
+    assert "1 record(s) ingested earlier are no longer in the source (kept)" in summary.line()
+
+
+def test_a_damaged_staged_part_is_redone_on_resume(tmp_path, monkeypatch):
+    straight = ingest(IngestConfig("sample", tmp_path / "straight", shard_bytes=900_000))
+    out = tmp_path / "out"
+    interrupt_after(monkeypatch, 6)
+    with pytest.raises(MemoryError):
+        ingest(IngestConfig("sample", out, shard_bytes=900_000, workers=1))
+    monkeypatch.undo()
+    part = out / STAGING_DIR / "part-00000.parquet"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    summary = ingest(IngestConfig("sample", out, shard_bytes=900_000))
+    assert "part-00000.parquet was damaged" in summary.line()
+    assert rows_by_id(out) == rows_by_id(tmp_path / "straight") and straight.total_rows == 10
+
+
+def test_a_finished_ingest_rerun_on_a_changed_folder_says_what_changed(tmp_path):
+    photos = photo_folder(tmp_path / "photos", {"chelsea.png", "coffee.png", "rocket.jpg"})
+    ingest(IngestConfig(str(photos), tmp_path / "out"))
+    (photos / "camera.png").write_bytes(sample_photo_paths()[8].read_bytes())
+    (photos / "coffee.png").unlink()
+    result = CliRunner().invoke(app, ["ingest", str(photos), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "which has changed since: 1 new (camera.png), 1 gone (coffee.png)" in result.output
+    assert sorted(ids_in(tmp_path / "out")) == ["chelsea.png", "coffee.png", "rocket.jpg"]
+
+
+def test_the_same_source_spelt_differently_resumes_and_finishes(tmp_path, monkeypatch):
+    photo_folder(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    interrupt_after(monkeypatch, 6)
+    with pytest.raises(MemoryError):
+        ingest(IngestConfig("photos", tmp_path / "out", shard_bytes=900_000, workers=1))
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    summary = ingest(IngestConfig(str(tmp_path / "photos") + "/", tmp_path / "out", shard_bytes=900_000))
+    assert summary.complete and sorted(ids_in(tmp_path / "out")) == sorted(path.name for path in sample_photo_paths())
+    again = ingest(IngestConfig("./photos", tmp_path / "out", shard_bytes=900_000))
+    assert (again.written, again.total_rows) == (0, 10)
+
+
+@pytest.mark.parametrize("kind", ["folder", "parquet"])
+def test_an_out_inside_the_source_folder_is_refused_before_writing(tmp_path, sample_image_shards, kind):
+    if kind == "folder":
+        source = photo_folder(tmp_path / "photos", {"chelsea.png", "rocket.jpg"})
+    else:
+        source = shutil.copytree(sample_image_shards, tmp_path / "shards")
+    before = sorted(path.relative_to(source) for path in source.rglob("*"))
+    result = CliRunner().invoke(app, ["ingest", str(source), "--out", str(source / "shards"), "--no-progress"])
+    assert result.exit_code == 1 and "is inside the source folder" in result.output and "Traceback" not in result.output
+    assert sorted(path.relative_to(source) for path in source.rglob("*")) == before
+
+
+def test_an_empty_folder_or_one_of_unreadable_files_exits_non_zero(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "empty"), "--out", str(tmp_path / "a"), "--no-progress"])
+    assert result.exit_code == 1 and "no image could be ingested (no images found)" in result.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("one.jpg", "two.png"):
+        (broken / name).write_bytes(BAD_INPUTS["random.jpg"]())
+    for _ in range(2):  # the run and its re-run
+        result = CliRunner().invoke(app, ["ingest", str(broken), "--out", str(tmp_path / "b"), "--no-progress"])
+        assert result.exit_code == 1 and "no image could be ingested (2 corrupt)" in result.output
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = CliRunner().invoke(app, ["ingest", "sample", "--out", str(tmp_path / "notes.txt"), "--no-progress"])
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [
+        f"error: --out {tmp_path / 'notes.txt'} is an existing file, not a folder"
+    ]
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_second_ingest_into_a_locked_out_is_refused(tmp_path, lock_held_by_another_process):
+    out = tmp_path / "out"
+    with lock_held_by_another_process(out):
+        result = CliRunner().invoke(app, ["ingest", "sample", "--out", str(out), "--limit", "2", "--no-progress"])
+        assert result.exit_code == 1 and "being written by another segpic run" in result.output
+        assert sorted(path.name for path in out.iterdir()) == [LOCK_NAME]
+
+
+def test_hidden_files_and_folders_are_not_images_of_the_set(tmp_path):
+    photos = photo_folder(tmp_path / "photos", {"chelsea.png", "rocket.jpg"})
+    (photos / "._chelsea.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (photos / ".ipynb_checkpoints").mkdir()
+    (photos / ".ipynb_checkpoints" / "rocket-checkpoint.jpg").write_bytes(sample_photo_paths()[3].read_bytes())
+    summary = ingest(IngestConfig(str(photos), tmp_path / "out"))
+    assert ids_in(tmp_path / "out") == ["chelsea.png", "rocket.jpg"] and summary.skipped == 0
+
+
+def test_skip_notes_keep_their_detail_and_are_identical_across_runs(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("good.jpg", "random.jpg", "truncated.jpg"):
+        (folder / name).write_bytes(BAD_INPUTS[name]())
+    runs = [json.loads((ingest(IngestConfig(str(folder), tmp_path / f"out{run}")).out / "manifest.json").read_text())
+            for run in range(2)]
+    assert runs[0]["skipped"] == runs[1]["skipped"]
+    notes = {note["id"]: note for note in runs[0]["skipped"]}
+    assert notes["random.jpg"]["reason"] == "corrupt" and "cannot identify image file" in notes["random.jpg"]["detail"]
+    assert "truncated" in notes["truncated.jpg"]["detail"] and "0x" not in json.dumps(runs[0]["skipped"])

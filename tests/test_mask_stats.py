@@ -7,12 +7,17 @@ import math
 import numpy as np
 from PIL import Image
 
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
 from pipeline.mask_stats import write_mask_stats
-from pipeline.shards import MASK_SCHEMA, ShardWriter, shard_name
+from pipeline.masks import MasksConfig, make_masks
+from pipeline.shards import MASK_SCHEMA, ShardWriter, list_shards, shard_name
 
 
 def write_mask_shard(directory, rows):
-    directory.mkdir()
+    directory.mkdir(parents=True)
     with ShardWriter(directory / shard_name(0, 1), MASK_SCHEMA) as writer:
         for index, (num_regions, coverage, mean_iou) in enumerate(rows):
             buffer = io.BytesIO()
@@ -31,4 +36,56 @@ def test_summary_per_source_with_missing_iou_as_null(tmp_path):
     assert stats["sam"]["coverage_mean"] == 0.75 and stats["sam"]["mean_iou"] == 0.5
     assert stats["grid"]["mean_iou"] is None
     table = (tmp_path / "out" / "stats.md").read_text()
-    assert "| sam | sam | 2 | 20.0 |" in table and "n/a" in table
+    assert "| sam | sam | 2 | 0 | 20.0 |" in table and "n/a" in table
+
+
+def test_failed_images_are_counted_apart_and_left_out_of_the_averages(tmp_path):
+    write_mask_shard(tmp_path / "sam", [(10, 0.5, 0.75), (0, 0.0, math.nan), (30, 1.0, 0.25)])
+    stats = write_mask_stats([tmp_path / "sam"], tmp_path / "stats.json")[0]
+    assert (stats.images, stats.failed, stats.regions_mean, stats.regions_median) == (3, 1, 20.0, 20.0)
+    assert (stats.coverage_mean, stats.mean_iou) == (0.75, 0.5)
+    only_failures = write_mask_shard(tmp_path / "broken", [(0, 0.0, math.nan)]) or tmp_path / "broken"
+    assert json.loads(json.dumps(write_mask_stats([only_failures], tmp_path / "b.json")[0].regions_mean)) is None
+
+
+def test_sources_with_the_same_folder_name_are_keyed_by_path(tmp_path):
+    write_mask_shard(tmp_path / "coco" / "sam", [(10, 0.5, 0.75)])
+    write_mask_shard(tmp_path / "sun" / "sam", [(40, 1.0, 0.5)])
+    write_mask_shard(tmp_path / "grid", [(16, 1.0, math.nan)])
+    write_mask_stats([tmp_path / "coco" / "sam", tmp_path / "sun" / "sam", tmp_path / "grid"], tmp_path / "stats.json")
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert sorted(stats) == ["coco/sam", "grid", "sun/sam"]
+    assert stats["coco/sam"]["regions_mean"] == 10 and stats["sun/sam"]["regions_mean"] == 40
+
+
+def test_an_image_folder_or_a_damaged_shard_is_one_line(tmp_path, sample_image_shards):
+    result = CliRunner().invoke(app, ["mask-stats", str(sample_image_shards), "--out", str(tmp_path / "s.json")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {list_shards(sample_image_shards)[0]} is an images shard; mask-stats reads mask shard folders "
+        "(segpic masks --out)"
+    ]
+    write_mask_shard(tmp_path / "sam", [(10, 0.5, 0.75)])
+    shard = tmp_path / "sam" / shard_name(0, 1)
+    shard.write_bytes(shard.read_bytes()[:200])
+    result = CliRunner().invoke(app, ["mask-stats", str(tmp_path / "sam"), "--out", str(tmp_path / "s.json")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith(f"error: {shard}: not a readable Parquet file")
+
+
+def test_contact_sheets_draw_region_boundaries_over_the_images(tmp_path, sample_image_shards):
+    for generator, options in (("grid", (("grid", "3"),)), ("felzenszwalb", (("scale", "800"),))):
+        make_masks(MasksConfig(images=sample_image_shards, out=tmp_path / generator, generator=generator, options=options))
+    args = ["mask-stats", str(tmp_path / "grid"), str(tmp_path / "felzenszwalb"), "--images", str(sample_image_shards),
+            "--out", str(tmp_path / "compare" / "mask_stats.json")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    sheets = tmp_path / "compare" / "contact_sheets"
+    assert sorted(path.name for path in sheets.iterdir()) == ["felzenszwalb.png", "grid.png"]
+    grid = np.asarray(Image.open(sheets / "grid.png").convert("RGB"))
+    assert grid.shape == (3 * (256 + 14), 4 * 256, 3)  # ten sample photos: three rows of four tiles
+    first_tile = grid[:256, :256]  # astronaut.png, 512x512, cut into 3x3 cells: boundaries at thirds
+    red = np.all(first_tile == (255, 32, 32), axis=-1)
+    assert red[:, 84].all() and red[:, 170].all() and red[84, :].all() and not red[:80, :80].any()
+    felzenszwalb = np.asarray(Image.open(sheets / "felzenszwalb.png").convert("RGB"))
+    assert np.all(felzenszwalb == (255, 32, 32), axis=-1).sum() > np.all(grid == (255, 32, 32), axis=-1).sum()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import datasets
 import numpy as np
@@ -12,10 +13,20 @@ from typer.testing import CliRunner
 from pipeline.label_map_format import decode_label_map
 from pipeline.cli import app
 from pipeline.generators.grid import GridGenerator
-from pipeline.manifest import read_manifest
+from pipeline.ingest import IngestConfig, ingest
+from pipeline.manifest import Manifest, read_manifest, shard_entry, write_manifest
 from pipeline.masks import MasksConfig, make_masks
 from pipeline.shards import IMAGE_SCHEMA, ShardWriter, list_shards, read_rows
 from pipeline.verify import VerifyConfig, verify
+
+
+def write_image_set(directory, rows) -> None:
+    """One image shard of `rows` with its manifest, as ingest would leave it."""
+    shard = directory / "part-00000-of-00001.parquet"
+    with ShardWriter(shard, IMAGE_SCHEMA) as writer:
+        for row in rows:
+            writer.write(row)
+    write_manifest(directory, Manifest(kind="images", settings={}, shards=[shard_entry(shard, len(rows))]))
 
 
 def grid_config(images, out, **overrides) -> MasksConfig:
@@ -158,12 +169,130 @@ def test_command_line_reports_bad_settings_in_one_line(sample_image_shards, tmp_
 def test_an_undecodable_image_gets_a_failure_row_of_its_recorded_size(sample_image_shards, tmp_path):
     images = tmp_path / "images"
     good = next(read_rows(list_shards(sample_image_shards)[0]))
-    with ShardWriter(images / "part-00000-of-00001.parquet", IMAGE_SCHEMA) as writer:
-        writer.write({"id": "broken.jpg", "image": {"bytes": b"\xff\xd8 truncated", "path": None}, "width": 80, "height": 64})
-        writer.write(good)
+    write_image_set(images, [
+        {"id": "broken.jpg", "image": {"bytes": b"\xff\xd8 truncated", "path": None}, "width": 80, "height": 64}, good
+    ])
     summary = make_masks(grid_config(images, tmp_path / "masks"))
     assert summary.failed == 1 and summary.images == 2
     broken, decoded = read_rows(tmp_path / "masks" / "part-00000-of-00001.parquet")
     assert broken["id"] == "broken.jpg" and broken["num_regions"] == 0
     assert decode_label_map(broken["mask"]["bytes"], "test").shape == (64, 80)
     assert decoded["id"] == good["id"] and decoded["num_regions"] == 9
+
+
+def snapshot(directory) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+
+
+def test_out_set_to_the_image_folder_is_refused_and_the_images_stay_identical(sample_image_shards, tmp_path):
+    images = shutil.copytree(sample_image_shards, tmp_path / "images")
+    before = snapshot(images)
+    result = CliRunner().invoke(app, ["masks", str(images), "--out", str(images), "--generator", "grid", "--no-progress"])
+    assert result.exit_code == 1 and "is the image shard folder" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert snapshot(images) == before and sorted(path.name for path in images.iterdir()) == sorted(before)
+
+
+def test_out_holding_another_image_set_is_refused_before_anything_is_written(sample_image_shards, tmp_path):
+    other = shutil.copytree(sample_image_shards, tmp_path / "other")
+    before = snapshot(other)
+    with pytest.raises(ValueError, match="holds images shards"):
+        make_masks(grid_config(sample_image_shards, other))
+    assert snapshot(other) == before and sorted(path.name for path in other.iterdir()) == sorted(before)
+
+
+def test_finished_mask_shards_of_other_image_shards_are_not_taken_as_done(sample_image_shards, tmp_path):
+    make_masks(grid_config(sample_image_shards, tmp_path / "masks"))
+    regrouped = tmp_path / "regrouped"  # the same photos and shard names, written with other row groups
+    ingest(IngestConfig(source="sample", out=regrouped, shard_bytes=1_500_000, row_group_bytes=100_000))
+    assert [path.name for path in list_shards(regrouped)] == [path.name for path in list_shards(sample_image_shards)]
+    with pytest.raises(ValueError, match="made from another image set"):
+        make_masks(grid_config(regrouped, tmp_path / "masks"))
+    entries = read_manifest(tmp_path / "masks").shards
+    assert [entry.image_sha256 for entry in entries] == [entry.sha256 for entry in read_manifest(sample_image_shards).shards]
+
+
+def test_a_mask_folder_is_not_accepted_as_the_image_folder(sample_image_shards, tmp_path):
+    make_masks(grid_config(sample_image_shards, tmp_path / "masks"))
+    with pytest.raises(ValueError, match="holds masks shards, not image shards"):
+        make_masks(grid_config(tmp_path / "masks", tmp_path / "again"))
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_generator_that_cannot_start_fails_once_before_any_shard(sample_image_shards, tmp_path):
+    out = tmp_path / "masks"
+    args = ["masks", str(sample_image_shards), "--out", str(out), "--generator", "coco-panoptic", "--no-progress",
+            "--set", f"panoptic_dir={tmp_path / 'no-such-folder'}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"error: mask generator coco-panoptic cannot start: FileNotFoundError: panoptic_dir {tmp_path / 'no-such-folder'}: "
+        "no such folder"
+    ]
+    assert not list(out.glob("*.parquet")) and not (out / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_an_unreadable_sam_checkpoint_fails_once_in_one_short_line(sample_image_shards, tmp_path):
+    checkpoint = tmp_path / "sam_vit_b.pth"
+    checkpoint.write_bytes(b"<html>403 Forbidden</html>" * 100)  # what a failed download leaves behind
+    out = tmp_path / "masks"
+    args = ["masks", str(sample_image_shards), "--out", str(out), "--generator", "sam", "--no-progress",
+            "--set", "sam.model=vit_b", "--set", f"sam.checkpoint={checkpoint}", "--set", "sam.device=cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: mask generator sam cannot start: ") and len(lines[0]) < 400
+    assert not list(out.glob("*.parquet")) and not (out / "manifest.json").exists()
+
+
+def test_a_run_where_every_image_fails_exits_non_zero(tmp_path):
+    images = tmp_path / "images"
+    write_image_set(images, [
+        {"id": f"broken-{index}.jpg", "image": {"bytes": b"\xff\xd8 truncated", "path": None}, "width": 80, "height": 64}
+        for index in range(3)
+    ])
+    args = ["masks", str(images), "--out", str(tmp_path / "masks"), "--generator", "grid", "--no-progress"]
+    for _ in range(2):  # the first run and its re-run both say so
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and "no image could be labelled" in result.output and "broken-0.jpg" in result.output
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(
+    sample_image_shards, tmp_path, lock_held_by_another_process
+):
+    out = tmp_path / "masks"
+    with lock_held_by_another_process(out):
+        result = CliRunner().invoke(app, ["masks", str(sample_image_shards), "--out", str(out), "--generator", "grid",
+                                          "--no-progress"])
+        assert result.exit_code == 1 and "being written by another segpic run" in result.output
+        assert not list(out.glob("*.parquet"))
+        with pytest.raises(ValueError, match="being written by another segpic run"):
+            make_masks(grid_config(sample_image_shards, out, shard_index=0, num_shards=2))  # a job cannot join it
+    assert make_masks(grid_config(sample_image_shards, out)).complete  # the lock dies with its process
+
+
+def test_a_damaged_image_shard_is_one_line_naming_it(sample_image_shards, tmp_path):
+    images = shutil.copytree(sample_image_shards, tmp_path / "images")
+    damaged = list_shards(images)[1]
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    result = CliRunner().invoke(app, ["masks", str(images), "--out", str(tmp_path / "masks"), "--generator", "grid",
+                                      "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith(f"error: {damaged}: not a readable Parquet file")
+
+
+def test_an_image_whose_label_map_would_not_fit_is_recorded_as_failed(sample_image_shards, tmp_path):
+    limit = 370_500 * 8 - 1  # just under the motorcycles' 741x500 label maps at 8 bytes per pixel
+    args = ["masks", str(sample_image_shards), "--out", str(tmp_path), "--generator", "grid", "--no-progress",
+            "--max-label-map-bytes", str(limit)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for path in list_shards(tmp_path) for row in read_rows(path)}
+    failed = {note.id: note.reason for note in read_manifest(tmp_path).skipped}
+    assert {image_id for image_id, row in rows.items() if row["num_regions"] == 0} == set(failed) == {
+        "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg"
+    }
+    assert failed["motorcycle_left.png"] == f"LabelMapTooLarge: 741x500 needs a 2964000-byte label map, over the {limit}-byte limit"
+    assert decode_label_map(rows["hubble_deep_field.jpg"]["mask"]["bytes"], "test").shape == (872, 1000)
+    assert rows["rocket.jpg"]["num_regions"] == 16  # the grid generator's default 4x4 cells

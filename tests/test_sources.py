@@ -89,3 +89,26 @@ def test_hugging_face_spec_parsing():
 def test_unknown_source_lists_the_accepted_forms(tmp_path):
     with pytest.raises(ValueError, match="not a source.*sample"):
         open_source(str(tmp_path / "nowhere"))
+
+
+def test_parquet_rows_with_paths_and_no_bytes_read_the_files_beside_them(tmp_path):
+    photos = sample_photo_paths()
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    shutil.copy(photos[1], tmp_path / "data" / "images" / photos[1].name)
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({"image": pa.array([
+        {"bytes": None, "path": f"images/{photos[1].name}"},  # relative to the Parquet file, as `datasets` writes it
+        {"bytes": None, "path": str(photos[2])},  # absolute
+        {"bytes": None, "path": "images/missing.png"},
+    ], type=image_type)})
+    pq.write_table(table, tmp_path / "data" / "train.parquet")
+    records = list(open_source(str(tmp_path / "data")).records())
+    assert records[0].read() == photos[1].read_bytes() and records[1].read() == photos[2].read_bytes()
+    with pytest.raises(ValueError, match="images/missing.png is not a file"):
+        records[2].read()
+
+
+def test_hidden_parquet_files_are_not_read(tmp_path, sample_image_shards):
+    shutil.copytree(sample_image_shards, tmp_path / "set")
+    shutil.copytree(sample_image_shards, tmp_path / "set" / ".trash")
+    assert len(list(open_source(str(tmp_path / "set")).records())) == 10

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.manifest import MANIFEST_NAME, Manifest, shard_entry, write_manifest
+from pipeline.manifest import MANIFEST_NAME, Manifest, RecordNote, shard_entry, write_manifest
 from pipeline.shards import IMAGE_SCHEMA, MASK_KIND, MASK_SCHEMA, ShardWriter, list_shards, read_rows, shard_name
 from pipeline.verify import VerifyConfig, verify
 
@@ -31,7 +31,7 @@ def block_label_map(width: int, height: int) -> np.ndarray:
 def write_masks(images, out, reorder: bool = False, size_of=None, failed=None) -> None:
     """Mask shards aligned with `images` (optionally with two rows swapped, label maps resized, or one row
     written as the masks stage's failure marker: num_regions 0 over the label map `failed` returns)."""
-    entries = []
+    entries, skipped = [], []
     for path in list_shards(images):
         rows = list(read_rows(path, ["id", "width", "height"]))
         if reorder and len(rows) > 1:
@@ -43,13 +43,14 @@ def write_masks(images, out, reorder: bool = False, size_of=None, failed=None) -
                 num_regions = int(label_map.max()) + 1
                 if failed is not None and row is rows[0]:
                     label_map, num_regions = failed(label_map), 0
+                    skipped.append(RecordNote(row["id"], "RuntimeError: injected"))
                 writer.write(
                     {"id": row["id"], "mask": {"bytes": png(label_map), "path": None},
                      "num_regions": num_regions, "coverage": 1.0, "mean_iou": 0.0,
                      "generator": "blocks", "settings_hash": "0"}
                 )
         entries.append(shard_entry(out / path.name, len(rows)))
-    write_manifest(out, Manifest(kind=MASK_KIND, settings={"generator": "blocks"}, shards=entries))
+    write_manifest(out, Manifest(kind=MASK_KIND, settings={"generator": "blocks"}, shards=entries, skipped=skipped))
 
 
 @pytest.fixture
@@ -93,7 +94,10 @@ def test_row_counts_must_match_the_manifest(images):
     manifest["shards"][0]["rows"] += 1
     (images / MANIFEST_NAME).write_text(json.dumps(manifest))
     problems = verify(VerifyConfig(images)).problems
-    assert problems == [f"{images / manifest['shards'][0]['name']}: 4 rows, the manifest says 5"]
+    assert problems == [
+        f"{images / MANIFEST_NAME}: counts.rows is 10, its lists give 11",
+        f"{images / manifest['shards'][0]['name']}: 4 rows, the manifest says 5",
+    ]
 
 
 def test_undecodable_row_is_named_even_when_checksums_match(tmp_path):
@@ -134,3 +138,58 @@ def test_failure_marker_rows_pass_only_when_their_label_map_is_empty(images, tmp
     write_masks(images, tmp_path / "labelled", failed=lambda label_map: label_map)
     problems = verify(VerifyConfig(images, tmp_path / "labelled")).problems
     assert any("failure marker" in problem for problem in problems), problems
+
+
+def edit_manifest(directory, change) -> None:
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    change(manifest)
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def test_manifest_counts_and_settings_hash_must_agree_with_its_lists(images):
+    edit_manifest(images, lambda manifest: manifest["counts"].update(skipped=3))
+    edit_manifest(images, lambda manifest: manifest["settings"].update(limit=5))
+    problems = verify(VerifyConfig(images)).problems
+    assert problems == [
+        f"{images / MANIFEST_NAME}: counts.skipped is 3, its lists give 0",
+        f"{images / MANIFEST_NAME}: settings_hash {json.loads((images / MANIFEST_NAME).read_text())['settings_hash']} "
+        "does not match its settings",
+    ]
+
+
+def test_an_image_listed_as_skipped_must_not_be_in_the_shards(images):
+    def skip_chelsea(manifest):
+        manifest["skipped"].append({"id": "chelsea.png", "reason": "corrupt", "detail": ""})
+        manifest["counts"]["skipped"] = 1
+
+    edit_manifest(images, skip_chelsea)
+    assert verify(VerifyConfig(images)).problems == [
+        f"{images / MANIFEST_NAME}: 'chelsea.png' is listed as skipped but is in the shards"
+    ]
+
+
+def test_mask_failures_must_be_exactly_the_failure_marker_rows(images, tmp_path):
+    write_masks(images, tmp_path / "masks", failed=np.zeros_like)
+
+    def forget_failures(manifest):
+        manifest["skipped"], manifest["counts"]["skipped"] = [], 0
+
+    edit_manifest(tmp_path / "masks", forget_failures)
+    problems = verify(VerifyConfig(images, tmp_path / "masks")).problems
+    assert len(problems) == 3 and all("a failure marker row not listed as failed" in problem for problem in problems)
+
+
+def test_mask_shards_made_from_other_image_shards_are_named(images, tmp_path):
+    write_masks(images, tmp_path / "masks")
+    edit_manifest(tmp_path / "masks", lambda manifest: manifest["shards"][1].update(image_sha256="0" * 64))
+    assert verify(VerifyConfig(images, tmp_path / "masks")).problems == [
+        f"{tmp_path / 'masks' / shard_name(1, 3)}: made from another image shard than {shard_name(1, 3)} (sha256 differs)"
+    ]
+
+
+def test_a_damaged_parquet_file_is_one_line_naming_it(images):
+    shard = list_shards(images)[0]
+    shard.write_bytes(b"PAR1" + b"\x00" * 100)
+    result = runner.invoke(app, ["verify", str(images)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert any(str(shard) in line and "Parquet" in line for line in result.output.splitlines())

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.shards import IMAGE_KIND, MASK_KIND, list_shards, shard_kind
+from pipeline.shards import IMAGE_KIND, MASK_KIND, is_failure_marker, list_shards, shard_kind
 
 ID_COLUMN = "id"
 REGIONS_COLUMN = "num_regions"
@@ -87,7 +87,9 @@ def index_records(images_dir: Path, masks_dir: Path | None = None) -> list[Train
             mask_refs = [RowRef(mask_shard, *place) for place in mask_places]
             region_counts = mask_rows[REGIONS_COLUMN]
         records.extend(
-            TrainingRecord(record_id, RowRef(image_shard, *place), mask_ref, unlabelled=regions == 0)
+            TrainingRecord(
+                record_id, RowRef(image_shard, *place), mask_ref, unlabelled=regions is not None and is_failure_marker(regions)
+            )
             for record_id, place, mask_ref, regions in zip(ids, image_places, mask_refs, region_counts)
         )
     return records

@@ -11,10 +11,14 @@ from pipeline.cli.errors import exit_on_user_error
 def mask_stats(
     directories: Annotated[list[Path], typer.Argument(help="Mask shard directories, one per mask source.")],
     out: Annotated[Path, typer.Option(help="JSON summary to write (a Markdown table is written beside it).")],
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Image shard folder of the masks: also draw contact_sheets/<source>.png beside --out."),
+    ] = None,
 ) -> None:
-    """Summarise mask shards: regions per image, share of pixels covered, mean predicted IoU."""
+    """Summarise mask shards: regions per image, share of pixels covered, mean predicted IoU (failed images apart)."""
     from pipeline.mask_stats import stats_table, write_mask_stats
 
     with exit_on_user_error():
-        stats = write_mask_stats(directories, out)
+        stats = write_mask_stats(directories, out, images)
     typer.echo(stats_table(stats), nl=False)

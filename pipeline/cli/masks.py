@@ -81,7 +81,16 @@ def masks(
     num_shards: Annotated[int | None, typer.Option(help="Jobs in the job array.")] = None,
     workers: Annotated[int, typer.Option(help="Decoding threads (local) or CPU actors (ray).")] = 2,
     engine: Annotated[str, typer.Option(help="local or ray.")] = "local",
-    ray_address: Annotated[str, typer.Option(help="Ray cluster address; empty starts a local instance.")] = "",
+    ray_address: Annotated[
+        str,
+        typer.Option(help="Ray cluster: ray://HOST:10001 (Ray client) or HOST:6379 on a node; empty starts a local instance."),
+    ] = "",
+    max_label_map_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Record an image as failed, unlabelled, when its label map needs more memory (8 bytes/pixel; default 4 GiB)."
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (images/s, ETA).")] = True,
     timings: TimingsOption = None,
 ) -> None:
@@ -102,6 +111,7 @@ def masks(
             workers=workers,
             engine=engine,
             ray_address=ray_address,
+            **({} if max_label_map_bytes is None else {"max_label_map_bytes": max_label_map_bytes}),
             progress=progress,
         )
         summary = make_masks(config)

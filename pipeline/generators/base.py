@@ -35,6 +35,9 @@ class MaskGenerator(ABC):
     def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
         """Label map for `image`; `image_id` is the shard row's id (some sources match on it)."""
 
+    def start(self) -> None:
+        """Load what `generate` needs (weights, folders) and raise if it cannot; the masks stage calls it once, first."""
+
     def settings(self) -> dict[str, Any]:
         """Everything that decides the output: generator, its config, the label-map rule."""
         return {

@@ -38,6 +38,10 @@ class CocoPanopticGenerator(MaskGenerator):
     name = "coco-panoptic"
     Config = CocoPanopticConfig
 
+    def start(self) -> None:
+        if not Path(self.config.panoptic_dir).is_dir():
+            raise FileNotFoundError(f"panoptic_dir {self.config.panoptic_dir}: no such folder")
+
     def png_path(self, image_id: str) -> Path:
         return Path(self.config.panoptic_dir) / f"{PurePosixPath(image_id).stem}.png"
 

@@ -77,6 +77,9 @@ class SamGenerator(MaskGenerator):
             self._amg = FastAutomaticMaskGenerator(SamPredictor(sam), self.config.amg_settings)
         return self._amg
 
+    def start(self) -> None:
+        self.amg  # loads the network now: an unreadable or mismatched checkpoint fails here, once
+
     def identity(self) -> dict[str, Any]:
         """Which weights: the checkpoint's name and size (device and cache folder do not change masks)."""
         if self._checkpoint is None:

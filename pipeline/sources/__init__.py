@@ -1,5 +1,7 @@
 """Image sources for `segpic ingest`: one registry of small classes, tried in order."""
 
+from pathlib import Path
+
 from pipeline.sources.base import ImageSource, SourceRecord
 from pipeline.sources.folder import FolderSource
 from pipeline.sources.huggingface import HuggingFaceSource
@@ -21,6 +23,13 @@ def open_source(spec: str) -> ImageSource:
     )
 
 
+def canonical_spec(spec: str) -> str:
+    """SPEC with a local path made absolute and normalised, so `photos`, `./photos/` and `/data/photos` compare equal."""
+    prefix = next((prefix for prefix in ("parquet:", "hf:") if spec.startswith(prefix)), "")
+    path = Path(spec.removeprefix(prefix))
+    return prefix + str(path.resolve()) if path.exists() else spec
+
+
 __all__ = [
     "SOURCES",
     "FolderSource",
@@ -29,5 +38,6 @@ __all__ = [
     "ParquetSource",
     "SampleSource",
     "SourceRecord",
+    "canonical_spec",
     "open_source",
 ]

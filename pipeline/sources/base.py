@@ -3,6 +3,7 @@
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,12 @@ class ImageSource(ABC):
     def count(self) -> int | None:
         """Number of records when known cheaply (for the progress bar's ETA), else None."""
         return None
+
+    def local_root(self) -> Path | None:
+        """The local folder the records are read from, if any: an output folder must not lie inside it."""
+        return None
+
+
+def is_hidden(relative: PurePath) -> bool:
+    """Whether a path below a source's root is hidden (`.DS_Store`, `._IMG.jpg`, `.ipynb_checkpoints/`, `.git/`)."""
+    return any(part.startswith(".") for part in relative.parts)

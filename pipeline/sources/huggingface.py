@@ -7,6 +7,7 @@ so the original encoded bytes reach the shard. Id = index of the row in the spli
 
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 from pipeline.sources.base import ImageSource, SourceRecord
 
@@ -42,6 +43,9 @@ class HuggingFaceSource(ImageSource):
             raise ValueError(f"{spec}: the dataset has no Image column")
         self.column = columns[0]
         self.stream = stream.select_columns([self.column]).cast_column(self.column, datasets.Image(decode=False))
+
+    def local_root(self) -> Path | None:
+        return Path(self.name) if Path(self.name).is_dir() else None
 
     def records(self) -> Iterator[SourceRecord]:
         for index, row in enumerate(self.stream):

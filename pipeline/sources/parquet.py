@@ -2,7 +2,10 @@
 
 The image column is the first struct column with a `bytes` field (an `Image` feature),
 preferring one named `image`. Ids come from an `id` string column when there is one,
-else `<file relative to the spec>:<row>`.
+else `<file relative to the spec>:<row>`. A row with a `path` but no `bytes` (what
+`datasets` writes for images stored beside the file) is read from that path: relative to
+the Parquet file's folder when a file is there, else as given. Hidden files and folders
+(names starting with `.`) are skipped.
 """
 
 from collections.abc import Iterator
@@ -12,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.sources.base import ImageSource, SourceRecord
+from pipeline.sources.base import ImageSource, SourceRecord, is_hidden
 
 PREFIX = "parquet:"
 
@@ -36,14 +39,15 @@ class ParquetSource(ImageSource):
         path = Path(spec.removeprefix(PREFIX))
         if spec.startswith(PREFIX) or path.suffix == ".parquet":
             return True
-        return path.is_dir() and any(path.rglob("*.parquet"))
+        return path.is_dir() and any(not is_hidden(found.relative_to(path)) for found in path.rglob("*.parquet"))
 
     def __init__(self, spec: str) -> None:
         self.root = Path(spec.removeprefix(PREFIX))
         if self.root.is_file():
             self.files, self.base = [self.root], self.root.parent
         elif self.root.is_dir():
-            self.files, self.base = sorted(self.root.rglob("*.parquet")), self.root
+            found = (path for path in self.root.rglob("*.parquet") if not is_hidden(path.relative_to(self.root)))
+            self.files, self.base = sorted(found), self.root
         else:
             raise FileNotFoundError(f"{self.root}: no such Parquet file or folder")
         if not self.files:
@@ -51,6 +55,9 @@ class ParquetSource(ImageSource):
 
     def count(self) -> int:
         return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files)
+
+    def local_root(self) -> Path | None:
+        return self.root if self.root.is_dir() else None
 
     def records(self) -> Iterator[SourceRecord]:
         for path in self.files:
@@ -71,10 +78,17 @@ class ParquetSource(ImageSource):
 def _record(record_id: str, value: dict | None, path: Path) -> SourceRecord:
     data = (value or {}).get("bytes")
     name = (value or {}).get("path")
-    return SourceRecord(id=record_id, name=name, read=partial(_bytes_of, data, f"{path} row {record_id}"))
+    return SourceRecord(id=record_id, name=name, read=partial(_bytes_of, data, name, path, f"{path} row {record_id}"))
 
 
-def _bytes_of(data: bytes | None, where: str) -> bytes:
-    if data is None:
-        raise ValueError(f"{where}: the image struct holds no bytes")
-    return data
+def _bytes_of(data: bytes | None, name: str | None, parquet: Path, where: str) -> bytes:
+    """The row's bytes, else the file its `path` names (beside the Parquet file first, then as given)."""
+    if data is not None:
+        return data
+    if not name:
+        raise ValueError(f"{where}: the image struct holds neither bytes nor a path")
+    beside = parquet.parent / name
+    target = beside if beside.is_file() else Path(name)
+    if not target.is_file():
+        raise ValueError(f"{where}: no image bytes, and its path {name} is not a file (looked beside {parquet} too)")
+    return target.read_bytes()
