@@ -21,19 +21,19 @@ import io
 import json
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.generators import MaskGenerator, build_generator
-from pipeline.label_maps import encode_label_map
+from pipeline.generators import MaskGenerator, build_generator, generator_class
+from pipeline.label_maps import MaskResult, encode_label_map
 from pipeline.manifest import Manifest, RecordNote, ShardEntry, shard_entry, write_json_atomically, write_manifest
 from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, MASK_KIND, MASK_SCHEMA, ShardWriter, list_shards
 
@@ -57,6 +57,7 @@ class MasksConfig:
     ray_address: str = ""
     row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES
     progress: bool = False
+    devices: tuple[str, ...] = ()  # local engine: one generator per device (e.g. cuda:0, cuda:1), each on its own shards
 
     def __post_init__(self) -> None:
         if (self.shard_index is None) != (self.num_shards is None):
@@ -67,9 +68,20 @@ class MasksConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.devices and self.engine != "local":
+            raise ValueError("--devices is for the local engine; the Ray engine starts one actor per GPU itself")
+        if any(not device.strip() for device in self.devices):
+            raise ValueError(f"--devices has an empty entry: {','.join(self.devices)!r}")
 
-    def build_generator(self) -> MaskGenerator:
-        return build_generator(self.generator, dict(self.options))
+    def build_generator(self, device: str | None = None) -> MaskGenerator:
+        """The configured generator; `device` (or the only entry of `devices`) overrides its device setting."""
+        options = dict(self.options)
+        if self.devices and "device" not in get_type_hints(generator_class(self.generator).Config):
+            raise ValueError(f"--devices needs a generator with a device setting (sam, sam2), not {self.generator!r}")
+        device = device or (self.devices[0] if len(self.devices) == 1 else None)
+        if device is not None:
+            options["device"] = device
+        return build_generator(self.generator, options)
 
 
 @dataclass(frozen=True)
@@ -115,25 +127,45 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 def decode_or_error(data: bytes) -> np.ndarray | Exception:
-    """Decoded pixels, or the decoding error, which `label_image` then records for this image."""
+    """Decoded pixels, or the decoding error, which `mask_row` then records for this image."""
     try:
         return decode_rgb(data)
     except Exception as error:  # a corrupt image must not stop the run
         return error
 
 
-def label_image(generator: MaskGenerator, record: ImageRecord, image: np.ndarray | Exception) -> tuple[dict[str, Any], RecordNote | None]:
+def generate_outcomes(generator: MaskGenerator, records: Sequence[ImageRecord], images: Sequence[np.ndarray | Exception]) -> list[MaskResult | Exception]:
+    """Each image's label map, or the error that stopped it: one `generate_batch` call for the decoded images.
+
+    When the batch call fails, its images are redone one at a time, so one bad image
+    only costs its own row.
+    """
+    outcomes: list[MaskResult | Exception] = list(images)
+    decoded = [index for index, image in enumerate(images) if not isinstance(image, Exception)]
+    groups = [decoded] if decoded else []
+    while groups:
+        group = groups.pop(0)
+        try:
+            results = generator.generate_batch([images[index] for index in group], [records[index].id for index in group])
+            for index, result in zip(group, results):
+                outcomes[index] = result
+        except Exception as error:  # one bad image must not stop a long run; the manifest records it
+            if len(group) == 1:
+                outcomes[group[0]] = error
+            else:
+                groups = [[index] for index in group] + groups
+    return outcomes
+
+
+def mask_row(generator: MaskGenerator, record: ImageRecord, outcome: MaskResult | Exception) -> tuple[dict[str, Any], RecordNote | None]:
     """The mask shard row for one image, and a note when it failed (see the module docstring)."""
-    try:
-        if isinstance(image, Exception):
-            raise image
-        result = generator.generate(image, record.id)
-        label_map, stats, failure = result.label_map, result.stats, None
-        num_regions, coverage, mean_iou = stats.num_regions, stats.coverage, stats.mean_iou
-    except Exception as error:  # one bad image must not stop a long run; the manifest records it
-        failure = RecordNote(record.id, f"{type(error).__name__}: {error}")
+    if isinstance(outcome, Exception):
+        failure = RecordNote(record.id, f"{type(outcome).__name__}: {outcome}")
         label_map = np.zeros((record.height, record.width), dtype=np.int32)
         num_regions, coverage, mean_iou = 0, 0.0, float("nan")
+    else:
+        label_map, stats, failure = outcome.label_map, outcome.stats, None
+        num_regions, coverage, mean_iou = stats.num_regions, stats.coverage, stats.mean_iou
     row = {
         "id": record.id,
         "mask": {"bytes": encode_label_map(label_map), "path": None},
@@ -197,26 +229,42 @@ def write_mask_shard(
     return report
 
 
-def _local_rows(generator: MaskGenerator, image_shard: Path, pool: ThreadPoolExecutor, lookahead: int, progress: tqdm) -> Iterator[tuple[dict[str, Any], RecordNote | None]]:
-    """Label the shard's images in order while worker threads decode the next ones."""
-
+def _decoded_batches(image_shard: Path, pool: ThreadPoolExecutor, lookahead: int, batch_size: int) -> Iterator[list[tuple[ImageRecord, Future]]]:
+    """The shard's records in batches of `batch_size`, decoded on `pool` at least `lookahead` images ahead."""
     queue: deque[tuple[ImageRecord, Future]] = deque()
     records = read_records(image_shard)
     for record in records:
         queue.append((record, pool.submit(decode_or_error, record.data)))
-        if len(queue) >= lookahead:
-            break
+        if len(queue) >= max(lookahead, batch_size):
+            yield [queue.popleft() for _ in range(batch_size)]
     while queue:
-        record, future = queue.popleft()
-        next_record = next(records, None)
-        if next_record is not None:
-            queue.append((next_record, pool.submit(decode_or_error, next_record.data)))
-        yield label_image(generator, record, future.result())
-        progress.update(1)
+        yield [queue.popleft() for _ in range(min(batch_size, len(queue)))]
+
+
+def _local_rows(generator: MaskGenerator, image_shard: Path, pool: ThreadPoolExecutor, lookahead: int, progress: tqdm) -> Iterator[tuple[dict[str, Any], RecordNote | None]]:
+    """Label the shard's images in order, a batch at a time; threads decode the next images and encode
+    the previous batch's label maps (PNG) while the generator works."""
+    encoding: deque[list[Future]] = deque()
+    for batch in _decoded_batches(image_shard, pool, lookahead, generator.batch_size):
+        records = [record for record, _ in batch]
+        outcomes = generate_outcomes(generator, records, [future.result() for _, future in batch])
+        encoding.append([pool.submit(mask_row, generator, record, outcome) for record, outcome in zip(records, outcomes)])
+        while len(encoding) > 1:
+            for future in encoding.popleft():
+                yield future.result()
+                progress.update(1)
+    for futures in encoding:
+        for future in futures:
+            yield future.result()
+            progress.update(1)
 
 
 def run_local(config: MasksConfig, generator: MaskGenerator, shards: list[Path], progress: tqdm) -> list[ShardReport]:
-    """The local engine: one generator in this process, decoding on `workers` threads."""
+    """The local engine: one generator in this process (or one per `--devices` entry), decoding on `workers` threads."""
+    if len(config.devices) > 1:
+        from pipeline.device_workers import run_on_devices  # worker processes, one per device
+
+        return run_on_devices(config, shards, progress)
     reports = []
     with ThreadPoolExecutor(max_workers=config.workers) as pool:
         for shard in shards:

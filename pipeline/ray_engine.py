@@ -2,8 +2,9 @@
 
 The pending image shards are read as one Ray dataset (`read_parquet`, order preserved);
 a pool of actors, each holding one generator (one actor per GPU where the cluster has
-GPUs, else up to `workers` CPU actors), labels the rows with the same `label_image` the
-local engine uses, and the driver streams the results back, shard by shard in their
+GPUs, else up to `workers` CPU actors), labels batches of rows with the same
+`generate_outcomes` and `mask_row` the local engine uses (a GPU actor takes
+`GPU_ROWS_PER_CALL` rows per call and feeds them to its generator's `generate_batch`), and the driver streams the results back, shard by shard in their
 original order, through the same `write_mask_shard`.
 So mask shards, reports and the manifest are identical whichever engine made them.
 """
@@ -19,8 +20,10 @@ from tqdm import tqdm
 
 from pipeline.generators import build_generator
 from pipeline.manifest import RecordNote
-from pipeline.masks import ImageRecord, MasksConfig, ShardReport, decode_or_error, label_image, write_mask_shard
+from pipeline.masks import ImageRecord, MasksConfig, ShardReport, decode_or_error, generate_outcomes, mask_row, write_mask_shard
 from pipeline.shards import MASK_SCHEMA
+
+GPU_ROWS_PER_CALL = 16
 
 
 class MaskActor:
@@ -31,9 +34,17 @@ class MaskActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         columns: dict[str, list] = {key: [] for key in (*MASK_SCHEMA.names, "failure", "path")}
-        for image_id, image, width, height, path in zip(batch["id"], batch["image"], batch["width"], batch["height"], batch["path"]):
-            record = ImageRecord(str(image_id), bytes(image["bytes"]), int(width), int(height))
-            row, failure = label_image(self.generator, record, decode_or_error(record.data))
+        records = [
+            ImageRecord(str(image_id), bytes(image["bytes"]), int(width), int(height))
+            for image_id, image, width, height in zip(batch["id"], batch["image"], batch["width"], batch["height"])
+        ]
+        step = self.generator.batch_size
+        outcomes = []
+        for start in range(0, len(records), step):
+            chunk = records[start : start + step]
+            outcomes += generate_outcomes(self.generator, chunk, [decode_or_error(record.data) for record in chunk])
+        for record, outcome, path in zip(records, outcomes, batch["path"]):
+            row, failure = mask_row(self.generator, record, outcome)
             row["mask"] = row["mask"]["bytes"]
             row.update(failure="" if failure is None else failure.reason, path=Path(str(path)).name)
             for key, value in row.items():
@@ -42,7 +53,7 @@ class MaskActor:
 
 
 def _actor_resources(workers: int) -> dict[str, Any]:
-    """One actor per GPU when the cluster has GPUs, else up to `workers` single-CPU actors.
+    """One actor per GPU (fed several rows per call) when the cluster has GPUs, else up to `workers` single-CPU actors.
 
     CPU actors leave one CPU free for the Parquet read tasks that feed them; taking every
     CPU would starve the reads and deadlock the pipeline.
@@ -50,9 +61,9 @@ def _actor_resources(workers: int) -> dict[str, Any]:
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     if gpus:
-        return {"compute": ActorPoolStrategy(size=gpus), "num_gpus": 1}
+        return {"compute": ActorPoolStrategy(size=gpus), "num_gpus": 1, "batch_size": GPU_ROWS_PER_CALL}
     size = max(1, min(workers, int(resources.get("CPU", 1)) - 1))
-    return {"compute": ActorPoolStrategy(size=size), "num_cpus": 1}
+    return {"compute": ActorPoolStrategy(size=size), "num_cpus": 1, "batch_size": 1}
 
 
 def _labelled_rows(config: MasksConfig, shards: list[Path]) -> Iterator[dict[str, Any]]:
@@ -63,7 +74,6 @@ def _labelled_rows(config: MasksConfig, shards: list[Path]) -> Iterator[dict[str
         .map_batches(
             MaskActor,
             fn_constructor_kwargs={"generator": config.generator, "options": config.options},
-            batch_size=1,
             batch_format="numpy",
             **_actor_resources(config.workers),
         )

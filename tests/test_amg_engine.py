@@ -1,12 +1,15 @@
 """The batched AMG engine: stock SamAutomaticMaskGenerator's masks, in its order, for batches of real photos."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 
+from pipeline.generators.agreement import label_map_agreement, prompt_mask_ious
 from pipeline.generators.amg_engine import AmgEngine, AmgSettings
-from pipeline.generators.sam_segmenter import SamSegmenter
+from pipeline.generators.sam_segmenter import SamSegmenter, use_sdpa_attention
 from pipeline.label_maps import LabelMapRule, RegionMask, masks_to_label_map
 from random_sams import photo, tiny_sam
 
@@ -116,3 +119,37 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(photos):
     with pytest.raises(RuntimeError, match="shape mismatch"):
         engine.masks(photos[:2])
     assert engine.image_batch == 2
+
+
+def test_sdpa_attention_computes_the_same_features_in_fp32(photos, one_torch_thread):
+    sam = tiny_sam()
+    patched = copy.deepcopy(sam)
+    use_sdpa_attention(patched)
+    stock, fused = SamSegmenter(sam).embed(photos[:1])[0], SamSegmenter(patched).embed(photos[:1])[0]
+    assert torch.allclose(stock.features, fused.features, atol=1e-5)
+    points = torch.tensor([[10.0, 20.0], [40.0, 30.0]], dtype=torch.float64)
+    stock_logits, _ = SamSegmenter(sam).predict_points(stock, points)
+    fused_logits, _ = SamSegmenter(patched).predict_points(fused, points)
+    assert torch.allclose(stock_logits, fused_logits, atol=1e-4)
+
+
+def test_fast_mode_runs_on_the_cpu_and_its_agreement_with_exact_mode_is_measured(photos, one_torch_thread):
+    sam, settings = tiny_sam(), AmgSettings(**SETTINGS["every candidate"])
+    exact, fast = SamSegmenter(sam), SamSegmenter(sam, fast=True)
+    image = photos[0]
+    points = torch.as_tensor(AmgEngine(exact, settings).point_grids[0] * np.array([[image.shape[1], image.shape[0]]]))
+    ious = prompt_mask_ious(exact, fast, image, points)
+    assert ious.shape == (len(points) * 3,) and np.all((0 <= ious) & (ious <= 1))
+    assert np.median(ious) > 0.5
+    exact_maps = AmgEngine(exact, settings).label_maps(photos, LabelMapRule())
+    fast_maps = AmgEngine(fast, settings, fast=True).label_maps(photos, LabelMapRule())
+    for ours, theirs in zip(fast_maps, exact_maps):
+        assert 0.0 < label_map_agreement(ours.label_map, theirs.label_map) <= 1.0
+
+
+def test_label_map_agreement_compares_partitions_not_ids():
+    first = np.array([[0, 0], [1, 1]])
+    assert label_map_agreement(first, 7 - first) == 1.0
+    assert label_map_agreement(first, np.array([[0, 0], [0, 1]])) == 0.75
+    with pytest.raises(ValueError, match="differ in size"):
+        label_map_agreement(first, np.zeros((3, 2), dtype=int))

@@ -29,14 +29,15 @@ def _parse_settings(settings: list[str], generator: str) -> tuple[tuple[str, str
 def masks(
     images: Annotated[Path, typer.Argument(help="Image shard directory (segpic ingest).")],
     out: Annotated[Path, typer.Option(help="Mask shard directory to write (same shard names and row order).")],
-    generator: Annotated[str, typer.Option(help="sam, felzenszwalb, grid or coco-panoptic.")] = "felzenszwalb",
+    generator: Annotated[str, typer.Option(help="sam, sam2, felzenszwalb, grid or coco-panoptic.")] = "felzenszwalb",
     setting: Annotated[
         list[str] | None,
         typer.Option(
             "--set",
             help="Generator setting KEY=VALUE or GENERATOR.KEY=VALUE (ignored unless GENERATOR runs), repeatable: "
             "sam.model=vit_b, sam.checkpoint=PATH (empty: official file, downloaded and verified), sam.points_per_side=16 "
-            "and every AMG setting; grid.grid=4; felzenszwalb.scale=400; coco-panoptic.panoptic_dir=DIR; "
+            "and every AMG setting, sam.mode=fast (bf16, fused attention; agreement: benchmarks/bench_masks.py), "
+            "sam.batch_size=4; sam2.model=tiny|small|base_plus|large, sam2.checkpoint=PATH; grid.grid=4; felzenszwalb.scale=400; coco-panoptic.panoptic_dir=DIR; "
             "speck_area, max_regions (all).",
         ),
     ] = None,
@@ -46,6 +47,9 @@ def masks(
     engine: Annotated[str, typer.Option(help="local or ray.")] = "local",
     ray_address: Annotated[str, typer.Option(help="Ray cluster address; empty starts a local instance.")] = "",
     progress: Annotated[bool, typer.Option(help="Show a progress bar (images/s, ETA).")] = True,
+    devices: Annotated[
+        str, typer.Option(help="Local engine: comma-separated devices, one worker process each (cuda:0,cuda:1); sam/sam2 only.")
+    ] = "",
 ) -> None:
     """Write OUT/part-*.parquet mask shards and OUT/manifest.json; re-running resumes."""
     with exit_on_user_error():
@@ -60,6 +64,7 @@ def masks(
             engine=engine,
             ray_address=ray_address,
             progress=progress,
+            devices=tuple(device.strip() for device in devices.split(",")) if devices else (),
         )
         summary = make_masks(config)
     state = "complete" if summary.complete else "incomplete (other jobs pending)"
