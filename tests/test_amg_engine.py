@@ -153,3 +153,12 @@ def test_label_map_agreement_compares_partitions_not_ids():
     assert label_map_agreement(first, np.array([[0, 0], [0, 1]])) == 0.75
     with pytest.raises(ValueError, match="differ in size"):
         label_map_agreement(first, np.zeros((3, 2), dtype=int))
+
+
+def test_an_image_where_no_candidate_survives_gets_a_label_map_of_uncovered_regions(photos):
+    settings = AmgSettings(points_per_side=4, pred_iou_thresh=5.0)
+    assert stock_masks(tiny_sam(), vars(settings), photos[0]) == []
+    found = AmgEngine(SamSegmenter(tiny_sam()), settings).masks(photos[:1])[0]
+    assert found.masks.shape == (0, *photos[0].shape[:2])
+    result = AmgEngine(SamSegmenter(tiny_sam()), settings).label_maps(photos[:1], LabelMapRule())[0]
+    assert result.stats.num_regions == 1 and result.stats.coverage == 0.0 and np.isnan(result.stats.mean_iou)

@@ -40,6 +40,7 @@ from pipeline.generators.prompt_models import PromptableSegmenter
 from pipeline.label_maps import LabelMapRule, MaskResult, RegionMask, label_painted_map, paint_order
 
 T = TypeVar("T")
+UPSCALE_ROWS = 192  # candidates upsampled to full size at once (stock's 64 points x 3): bounds memory in fast mode
 
 
 @dataclass(frozen=True)
@@ -209,13 +210,17 @@ class AmgEngine:
         if settings.pred_iou_thresh > 0.0:
             keep = iou_preds > settings.pred_iou_thresh
             low_res, iou_preds = low_res[keep], iou_preds[keep]
-        logits = segmenter.upscale(embedding, low_res)
-        if settings.stability_score_thresh > 0.0:
-            stability = calculate_stability_score(logits, segmenter.mask_threshold, settings.stability_score_offset)
-            keep = stability >= settings.stability_score_thresh
-            logits, iou_preds = logits[keep], iou_preds[keep]
-        masks = logits > segmenter.mask_threshold
-        del logits
+        masks, kept_ious = [], []
+        for start in range(0, len(low_res), UPSCALE_ROWS):
+            logits, ious = segmenter.upscale(embedding, low_res[start : start + UPSCALE_ROWS]), iou_preds[start : start + UPSCALE_ROWS]
+            if settings.stability_score_thresh > 0.0:
+                stability = calculate_stability_score(logits, segmenter.mask_threshold, settings.stability_score_offset)
+                keep = stability >= settings.stability_score_thresh
+                logits, ious = logits[keep], ious[keep]
+            masks.append(logits > segmenter.mask_threshold)
+            kept_ious.append(ious)
+        masks = torch.cat(masks) if masks else torch.zeros((0, *_crop_size(crop_box)), dtype=torch.bool, device=low_res.device)
+        iou_preds = torch.cat(kept_ious) if kept_ious else iou_preds
         boxes = batched_mask_to_box(masks)
         keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]])
         if not torch.all(keep):
@@ -261,6 +266,11 @@ class AmgEngine:
 def _cut(image: np.ndarray, crop_box: list[int]) -> np.ndarray:
     x0, y0, x1, y1 = crop_box
     return image[y0:y1, x0:x1, :]
+
+
+def _crop_size(crop_box: list[int]) -> tuple[int, int]:
+    x0, y0, x1, y1 = crop_box
+    return y1 - y0, x1 - x0
 
 
 def _uncrop(masks: torch.Tensor, crop_box: list[int], height: int, width: int) -> torch.Tensor:
