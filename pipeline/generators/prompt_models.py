@@ -13,7 +13,14 @@ Contract details the engine relies on (adapters must keep them):
   with `points_per_batch` prompts at a time in exact mode and all of a crop's prompts in
   fast mode. Its results must not depend on how the prompts are split into calls.
 - `upscale` is applied only to the candidates that passed the predicted-IoU filter, so
-  it must treat every mask independently (as bilinear resizing does).
+  it must treat every mask independently (as bilinear resizing does); it gets at most 192
+  candidates per call.
+
+How a generator uses it (see `sam.py`): `AmgEngine(segmenter, AmgSettings(...), image_batch=n,
+fast=...)`, then `engine.label_maps(images, rule)` in `generate_batch` (or `engine.masks(images)`
+for the masks themselves). `sam_family.CheckpointGenerator` / `CheckpointSettings` give the
+checkpoint, sha256 identity, device and batch-size handling; register the generator lazily in
+`pipeline/generators/__init__.py` with `register_lazy(name, module)` so the CLI starts without torch.
 """
 
 from abc import ABC, abstractmethod
