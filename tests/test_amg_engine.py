@@ -142,7 +142,7 @@ def test_fast_mode_runs_on_the_cpu_and_its_agreement_with_exact_mode_is_measured
     assert ious.shape == (len(points) * 3,) and np.all((0 <= ious) & (ious <= 1))
     assert np.median(ious) > 0.5
     exact_maps = AmgEngine(exact, settings).label_maps(photos, LabelMapRule())
-    fast_maps = AmgEngine(fast, settings, fast=True).label_maps(photos, LabelMapRule())
+    fast_maps = AmgEngine(fast, settings, all_prompts=True).label_maps(photos, LabelMapRule())
     for ours, theirs in zip(fast_maps, exact_maps):
         assert 0.0 < label_map_agreement(ours.label_map, theirs.label_map) <= 1.0
 

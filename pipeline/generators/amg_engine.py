@@ -99,19 +99,19 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 class AmgEngine:
-    """Stock AMG's masks for a batch of images; `fast` decodes all of a crop's prompts in one call.
+    """Stock AMG's masks for a batch of images; `all_prompts` decodes all of a crop's prompts in one call.
 
     `image_batch` crops are encoded together and `points_per_batch` prompts decoded together;
     both shrink (halve) on out-of-memory errors and stay shrunk for later batches.
     """
 
-    def __init__(self, segmenter: PromptableSegmenter, settings: AmgSettings, image_batch: int = 4, fast: bool = False) -> None:
+    def __init__(self, segmenter: PromptableSegmenter, settings: AmgSettings, image_batch: int = 4, all_prompts: bool = False) -> None:
         if image_batch < 1:
             raise ValueError(f"image batch must be >= 1, got {image_batch}")
         self.segmenter = segmenter
         self.settings = settings
         self.image_batch = image_batch
-        self.prompt_batch = None if fast else settings.points_per_batch
+        self.prompt_batch = None if all_prompts else settings.points_per_batch
         self.point_grids = build_all_layer_point_grids(
             settings.points_per_side, settings.crop_n_layers, settings.crop_n_points_downscale_factor
         )

@@ -2,7 +2,7 @@
 
 Masks come from the batched engine (`amg_engine.AmgEngine`) over `SamSegmenter`:
 `mode=exact` (default) gives stock `SamAutomaticMaskGenerator`'s masks; `mode=fast` runs
-the encoder in bf16 with fused attention and decodes all prompts of a crop at once
+the encoder in bf16 with fused attention and (on a GPU) decodes all prompts of a crop at once
 (`compile=true` adds `torch.compile`); its agreement with exact mode is measured by
 `benchmarks/bench_masks.py`. Masks become a partition through the `pipeline.label_maps`
 rule, painted on the device. Weights: `checkpoint=PATH`, or the official file for
@@ -82,7 +82,8 @@ class SamGenerator(CheckpointGenerator):
             else:
                 sam = load_sam(config.model, self.checkpoint_path(), self.device)
                 segmenter = SamSegmenter(sam, fast=fast, compile_encoder=config.compile, copy_model=False)
-            self._engine = AmgEngine(segmenter, config.amg_settings, image_batch=self.batch_size, fast=fast)
+            all_prompts = fast and self.device.type == "cuda"  # on a CPU one call's memory would grow with the grid
+            self._engine = AmgEngine(segmenter, config.amg_settings, image_batch=self.batch_size, all_prompts=all_prompts)
         return self._engine
 
     def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
