@@ -8,10 +8,14 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Re-install only when the pins or the project metadata change.
+# sam2 is published as source only and its build would pull a second torch into an isolated build
+# environment and try to compile a CUDA extension: it builds here against the pinned setuptools, with
+# SAM2_BUILD_CUDA=0 (the extension only speeds up an optional hole-filling step we do not use).
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet --constraint requirements.lock --requirement requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --constraint requirements.lock setuptools
+	SAM2_BUILD_CUDA=0 $(VENV)/bin/python -m pip install --quiet --no-build-isolation --constraint requirements.lock --requirement requirements.lock
 	$(VENV)/bin/python -m pip install --quiet --constraint requirements.lock --no-deps --editable '.[test]'
 	$(VENV)/bin/python -m pip check
 	touch $(STAMP)

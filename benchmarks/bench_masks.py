@@ -1,106 +1,239 @@
-"""Benchmark: our `sam` generator vs stock one-image-at-a-time SamAutomaticMaskGenerator.
+"""Benchmark: stock SamAutomaticMaskGenerator vs our engine's exact and fast modes, and the whole masks stage.
 
-Same network (vit_b, random weights, CPU or `--device cuda`), same AMG settings with the quality thresholds
-at 0 and box NMS off so every mask survives; the script asserts both produce identical
-masks in the same order, then prints the time ratio. It also prints the stored size of
-our label map PNG per image against COCO RLE JSON of the same SAM masks (the compressed
-RLE strings COCO uses, encoded here as pycocotools' `rleToString` does, and SAM's
-uncompressed RLE), measured in the same run.
+Same network (random weights; `--model vit_h` on a GPU, `vit_b` on the CPU), same AMG
+settings, in a realistic regime: `pred_iou_thresh` is set from the network's own
+predicted IoUs on these images so that about `--keep` (15 %) of the candidates pass it,
+as a trained SAM-H keeps a few hundred of 3,072 on natural photos (stability filter off;
+with random weights box NMS then merges most survivors). One run prints:
 
-    .venv/bin/python benchmarks/bench_masks.py [--images 3] [--points-per-side 8] [--threads 2]
+- stock s/image, exact mode s/image and ratio (and whether its masks equal stock's, mask
+  for mask), fast mode s/image and ratio, each split into image encoder, mask decoder (the
+  network's prompt part, the same calls in stock and exact mode) and the rest (filters,
+  upsampling, NMS, label map), with speed-ups after the encoder and after the decoder;
+- fast mode's agreement with exact mode: median and 5th percentile per-prompt mask IoU,
+  mean label-map agreement;
+- peak memory (GPU: allocated by torch, per mode; CPU: process peak RSS);
+- the masks stage (`run_local`: decode, generate, PNG-encode, write shards) in images/s
+  on the same images, against the generator's own rate.
+
+    .venv/bin/python benchmarks/bench_masks.py --device cuda                  # vit_h, 32x32, 8 images
+    .venv/bin/python benchmarks/bench_masks.py --device cpu --model vit_b --images 2
 """
 
 import argparse
-import json
+import contextlib
+import resource
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
-from segment_anything.utils.amg import mask_to_rle_pytorch
+from tqdm import tqdm
 
-from pipeline.generators import build_generator
-from pipeline.label_map_format import encode_label_map
-from pipeline.label_maps import masks_to_label_map
-from pipeline.masks import decode_rgb
+from pipeline.generators.agreement import label_map_agreement, prompt_mask_ious
+from pipeline.generators.amg_engine import AmgEngine, AmgSettings
+from pipeline.generators.sam import SamGenerator
+from pipeline.generators.sam_segmenter import SamSegmenter
+from pipeline.ingest import IngestConfig, ingest
+from pipeline.label_maps import LabelMapRule, RegionMask, masks_to_label_map
+from pipeline.masks import MasksConfig, image_shard_checksums, run_local
 from pipeline.sample import sample_photo_paths
+from pipeline.shards import list_shards
+
+KODAK_SIZE = (768, 512)
 
 
-def coco_rle_string(counts: list[int]) -> str:
-    """COCO's compressed RLE counts (pycocotools maskApi.c rleToString): delta + 5-bit varint chars."""
-    chars = []
-    for index, count in enumerate(counts):
-        value = count - counts[index - 2] if index > 2 else count
-        more = True
-        while more:
-            chunk = value & 0x1F
-            value >>= 5
-            more = not ((chunk & 0x10 == 0 and value == 0) or (chunk & 0x10 and value == -1))
-            chars.append(chr(chunk + (0x20 if more else 0) + 48))
-    return "".join(chars)
+def load_images(count: int, folder: Path | None) -> list[np.ndarray]:
+    """`count` RGB images: PNG/JPEG files of `folder` (e.g. Kodak), else the sample photos at Kodak's size."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"}) if folder else sample_photo_paths()
+    images = []
+    for path in (paths * count)[:count]:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            images.append(np.asarray(image if folder else image.resize(KODAK_SIZE)))
+    return images
 
 
-def rle_json_bytes(masks: list[np.ndarray], compressed: bool) -> int:
-    """Bytes of the masks as a JSON list of COCO RLE dicts."""
-    rles = mask_to_rle_pytorch(torch.as_tensor(np.stack(masks)))
-    records = [{"size": rle["size"], "counts": coco_rle_string(rle["counts"]) if compressed else rle["counts"]} for rle in rles]
-    return len(json.dumps(records, separators=(",", ":")).encode())
+class Timer:
+    """Wall time of a callable, synchronising the device so GPU work is counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def wrap(self, work: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            self.sync()
+            started = time.perf_counter()
+            result = work(*args, **kwargs)
+            self.sync()
+            self.seconds += time.perf_counter() - started
+            return result
+
+        return timed
 
 
-def stock_run(generator: SamAutomaticMaskGenerator, encoded: list[bytes]) -> tuple[float, list[list[dict]]]:
-    """Stock usage: decode an image, generate its masks, next image."""
-    started = time.perf_counter()
-    results = [generator.generate(decode_rgb(data)) for data in encoded]
-    return time.perf_counter() - started, results
+@contextlib.contextmanager
+def timing(owner: object, method: str, timer: Timer) -> Iterator[None]:
+    """Count the time spent in `owner.method` on `timer` while the block runs."""
+    original = getattr(owner, method)
+    setattr(owner, method, timer.wrap(original))
+    try:
+        yield
+    finally:
+        setattr(owner, method, original)
 
 
-def our_run(generator, encoded: list[bytes]):
-    """Our stage's way: decoding on a worker thread ahead of mask generation."""
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        images = pool.map(decode_rgb, encoded)
-        results = [(image.shape[:2], generator.amg.generate(image)) for image in images]
-    return time.perf_counter() - started, results
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB allocated"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB process RSS"
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def realistic_iou_threshold(segmenter: SamSegmenter, images: list[np.ndarray], settings: AmgSettings, keep: float) -> tuple[float, int]:
+    """The predicted-IoU threshold that `keep` of all candidates (points x 3) exceed, and the candidate count."""
+    grid = AmgEngine(segmenter, settings).point_grids[0]
+    predicted = []
+    with torch.inference_mode():
+        for image in images:
+            embedding = segmenter.embed([image])[0]
+            points = torch.as_tensor(grid * np.array([[image.shape[1], image.shape[0]]]), device=segmenter.device)
+            for start in range(0, len(points), settings.points_per_batch):
+                predicted.append(segmenter.predict_points(embedding, points[start : start + settings.points_per_batch])[1].flatten().float().cpu())
+    predicted = torch.cat(predicted).numpy()
+    return float(np.quantile(predicted, 1.0 - keep)), len(predicted) // len(images)
+
+
+@dataclass
+class Timing:
+    """Seconds in all, in the image encoder and in the mask decoder (the network's prompt part)."""
+
+    total: float
+    encoder: float
+    decoder: float
+
+
+def time_stock(sam, settings: AmgSettings, images: list[np.ndarray], device: torch.device) -> tuple[Timing, list[list[dict]]]:
+    """Stock AMG's timing and masks, one image after the other."""
+    stock = SamAutomaticMaskGenerator(sam, **vars(settings))
+    total, encoder, decoder = Timer(device), Timer(device), Timer(device)
+    with timing(stock.predictor, "set_image", encoder), timing(sam.mask_decoder, "forward", decoder):
+        masks = [total.wrap(stock.generate)(image) for image in images]
+    return Timing(total.seconds, encoder.seconds, decoder.seconds), masks
+
+
+def time_engine(segmenter: SamSegmenter, settings: AmgSettings, images: list[np.ndarray], batch: int, fast: bool, device: torch.device):
+    """Our engine's timing, label maps and engine on all images at once, `batch` crops per encoder call."""
+    total, encoder, decoder = Timer(device), Timer(device), Timer(device)
+    engine = AmgEngine(segmenter, settings, image_batch=batch, all_prompts=fast and device.type == "cuda")
+    with timing(segmenter, "embed", encoder), timing(segmenter.sam.mask_decoder, "forward", decoder):
+        results = total.wrap(engine.label_maps)(images, LabelMapRule())
+    return Timing(total.seconds, encoder.seconds, decoder.seconds), results, engine
+
+
+def time_masks_stage(sam, settings: AmgSettings, images: list[np.ndarray], batch: int, workers: int) -> float:
+    """Seconds of the masks stage's local engine on image shards of `images` (decode, generate, encode, write)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder, shards, out = Path(scratch) / "images", Path(scratch) / "shards", Path(scratch) / "masks"
+        folder.mkdir()
+        for index, image in enumerate(images):
+            Image.fromarray(image).save(folder / f"{index:04d}.png")
+        ingest(IngestConfig(source=str(folder), out=shards))
+        options = {field: getattr(settings, field) for field in vars(settings)}
+        generator = SamGenerator(SamGenerator.Config(**options, batch_size=batch), model=sam)
+        config = MasksConfig(images=shards, out=out, generator="sam", workers=workers)
+        started = time.perf_counter()
+        with tqdm(disable=True) as progress:
+            run_local(config, generator, list_shards(shards), image_shard_checksums(shards), progress)
+        return time.perf_counter() - started
+
+
+def same_masks(stock: list[list[dict]], exact_engine: AmgEngine, images: list[np.ndarray]) -> bool:
+    """Exact mode's masks equal stock's, mask for mask and in order (recomputed, untimed)."""
+    for records, found in zip(stock, exact_engine.masks(images)):
+        if len(records) != len(found.masks):
+            return False
+        if not all(torch.equal(mask.cpu(), torch.as_tensor(record["segmentation"])) for mask, record in zip(found.masks, records)):
+            return False
+    return True
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=3)
-    parser.add_argument("--points-per-side", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="vit_h", choices=("vit_h", "vit_l", "vit_b"))
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--images-dir", type=Path, default=None, help="Folder of images (e.g. Kodak); default: sample photos at 768x512.")
+    parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--keep", type=float, default=0.15, help="Share of candidates the predicted-IoU threshold keeps.")
+    parser.add_argument("--batch", type=int, default=4, help="Crops per encoder call in our engine.")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in fast mode.")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    sam = sam_model_registry["vit_b"]().to(args.device).eval()
-    settings = dict(points_per_side=args.points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-    encoded = [path.read_bytes() for path in sample_photo_paths()[: args.images]]
+    device = torch.device(args.device)
+    sam = sam_model_registry[args.model]().to(device).eval()
+    images = load_images(args.images, args.images_dir)
+    exact, fast = SamSegmenter(sam), SamSegmenter(sam, fast=True, compile_encoder=args.compile)
 
-    stock = SamAutomaticMaskGenerator(sam, **settings)
-    ours = build_generator("sam", {"model": "vit_b", **settings}, model=sam)
-    stock.generate(np.zeros((64, 64, 3), dtype=np.uint8))  # warm-up (allocators, kernels) before either is timed
-    stock_seconds, stock_masks = stock_run(stock, encoded)
-    our_seconds, our_masks = our_run(ours, encoded)
+    base = AmgSettings(points_per_side=args.points_per_side, stability_score_thresh=0.0)
+    threshold, candidates = realistic_iou_threshold(exact, images, base, args.keep)
+    settings = AmgSettings(**{**vars(base), "pred_iou_thresh": threshold})
+    fast.embed(images[:1])  # warm-up (kernels, compilation) before anything is timed
 
-    png_bytes, rle_bytes, rle_string_bytes, masks_total = 0, 0, 0, 0
-    for stock_records, (size, regions) in zip(stock_masks, our_masks):
-        assert len(regions) == len(stock_records)
-        for region, record in zip(regions, stock_records):
-            assert np.array_equal(region.to_full(*size), record["segmentation"]), "masks differ from stock AMG"
-        masks = [record["segmentation"] for record in stock_records]
-        masks_total += len(masks)
-        png_bytes += len(encode_label_map(masks_to_label_map(regions, *size, ours.rule).label_map))
-        rle_bytes += rle_json_bytes(masks, compressed=False)
-        rle_string_bytes += rle_json_bytes(masks, compressed=True)
+    reset_peak(device)
+    stock, stock_masks = time_stock(sam, settings, images, device)
+    stock_peak = peak_memory(device)
+    reset_peak(device)
+    exact_t, exact_maps, exact_engine = time_engine(SamSegmenter(sam), settings, images, args.batch, False, device)
+    exact_peak = peak_memory(device)
+    reset_peak(device)
+    fast_t, fast_maps, _ = time_engine(fast, settings, images, args.batch, True, device)
+    fast_peak = peak_memory(device)
+    stage_s = time_masks_stage(sam, settings, images, args.batch, args.threads)
 
-    count = len(encoded)
-    print(f"vit_b random weights, {args.device}, {args.threads} threads, points_per_side={args.points_per_side}, {count} images, {masks_total} masks (identical)")
-    print(f"stock SamAutomaticMaskGenerator: {stock_seconds / count:8.2f} s/image")
-    print(f"segpic sam generator:            {our_seconds / count:8.2f} s/image   speed-up {stock_seconds / our_seconds:.2f}x")
-    print(f"label map PNG:          {png_bytes / count:12.0f} B/image")
-    print(f"COCO RLE JSON (string): {rle_string_bytes / count:12.0f} B/image   ratio {png_bytes / rle_string_bytes:.3f}x")
-    print(f"SAM RLE JSON (counts):  {rle_bytes / count:12.0f} B/image   ratio {png_bytes / rle_bytes:.3f}x")
+    identical = same_masks(stock_masks, exact_engine, images)
+    stock_maps = [masks_to_label_map([RegionMask.from_full(r["segmentation"], r["predicted_iou"]) for r in records], *image.shape[:2], LabelMapRule()) for records, image in zip(stock_masks, images)]
+    maps_equal = all(np.array_equal(a.label_map, b.label_map) for a, b in zip(stock_maps, exact_maps))
+    grid = exact_engine.point_grids[0]
+    ious = np.concatenate([
+        prompt_mask_ious(SamSegmenter(sam), fast, image, torch.as_tensor(grid * np.array([[image.shape[1], image.shape[0]]])))
+        for image in images
+    ])
+    agreement = np.mean([label_map_agreement(a.label_map, b.label_map) for a, b in zip(exact_maps, fast_maps)])
+    survivors = sum(len(records) for records in stock_masks) / len(images)
+
+    n = len(images)
+    print(f"{args.model} random weights, {device}, {args.threads} CPU threads, {args.points_per_side}x{args.points_per_side} points, "
+          f"{n} images {images[0].shape[1]}x{images[0].shape[0]}, batch {args.batch}{', compiled' if args.compile else ''}")
+    print(f"realistic regime: pred_iou_thresh={threshold:.4f} keeps {args.keep:.0%} of {candidates} candidates/image, "
+          f"stability filter off; {survivors:.1f} masks/image after NMS")
+    print(f"{'':18}{'s/image':>9}{'encoder':>9}{'decoder':>9}{'rest':>8}{'speed-up':>10}{'after encoder':>15}{'after decoder':>15}   peak memory")
+    for name, run, peak in (("stock AMG", stock, stock_peak), ("exact mode", exact_t, exact_peak), ("fast mode", fast_t, fast_peak)):
+        rest = run.total - run.encoder - run.decoder
+        stock_rest = stock.total - stock.encoder - stock.decoder
+        print(f"{name:18}{run.total / n:9.3f}{run.encoder / n:9.3f}{run.decoder / n:9.3f}{rest / n:8.3f}{stock.total / run.total:9.2f}x"
+              f"{(stock.total - stock.encoder) / (run.total - run.encoder):14.2f}x{stock_rest / max(rest, 1e-9):14.2f}x   {peak}")
+    print(f"exact mode masks equal stock's mask for mask: {identical}; label maps equal: {maps_equal}")
+    print(f"fast vs exact: per-prompt mask IoU median {np.median(ious):.4f}, 5th percentile {np.quantile(ious, 0.05):.4f} "
+          f"({len(ious)} prompt outputs); label-map agreement {agreement:.4f}")
+    print(f"masks stage (exact, decode+generate+encode+write): {n / stage_s:.3f} images/s = "
+          f"{exact_t.total / stage_s:.0%} of the generator's own {n / exact_t.total:.3f} images/s")
 
 
 if __name__ == "__main__":

@@ -86,18 +86,28 @@ class MaskResult:
     stats: LabelMapStats
 
 
+def paint_order(areas: Sequence[int], predicted_ious: Sequence[float]) -> list[int]:
+    """Step 1's order: indices by area, largest first; ties by higher predicted IoU, then earlier."""
+    return sorted(range(len(areas)), key=lambda index: (-areas[index], -predicted_ious[index], index))
+
+
 def masks_to_label_map(masks: Sequence[RegionMask], height: int, width: int, rule: LabelMapRule) -> MaskResult:
     """Apply the module's overlap rule to SAM-style masks; coverage is the share of pixels any mask covered."""
-    order = sorted(range(len(masks)), key=lambda index: (-masks[index].area, -masks[index].predicted_iou, index))
+    ious = [mask.predicted_iou for mask in masks]
     painted = np.zeros((height, width), dtype=np.int32)
-    for region_id, index in enumerate(order, start=1):
+    for region_id, index in enumerate(paint_order([mask.area for mask in masks], ious), start=1):
         x0, y0, x1, y1 = masks[index].box
         painted[y0:y1, x0:x1][masks[index].pixels] = region_id
+    return label_painted_map(painted, len(masks), rule, ious)
+
+
+def label_painted_map(painted: np.ndarray, mask_count: int, rule: LabelMapRule, predicted_ious: Sequence[float]) -> MaskResult:
+    """Steps 2-4 on an (H, W) int32 map where masks painted ids 1..mask_count and 0 is uncovered (changed in place)."""
     uncovered = painted == 0
     holes = connected_components(uncovered, connectivity=1).astype(np.int32)
-    painted[uncovered] = holes[uncovered] + len(order)
+    painted[uncovered] = holes[uncovered] + mask_count
     coverage = 1.0 - float(uncovered.mean())
-    mean_iou = float(np.mean([mask.predicted_iou for mask in masks])) if masks else float("nan")
+    mean_iou = float(np.mean(predicted_ious)) if mask_count else float("nan")
     return finish_label_map(painted, rule, coverage=coverage, mean_iou=mean_iou)
 
 

@@ -11,16 +11,17 @@ the image's size, `coverage` 0, `mean_iou` NaN) and its reason is recorded.
 
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 from PIL import Image
 
-from pipeline.generators import MaskGenerator, build_generator
+from pipeline.generators import MaskGenerator, build_generator, generator_class
 from pipeline.label_map_format import encode_label_map
+from pipeline.label_maps import MaskResult
 from pipeline.manifest import RecordNote, ShardEntry, reproducible, shard_entry, write_json_atomically
 from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, FAILED_NUM_REGIONS, MASK_SCHEMA, ShardWriter, read_rows
 
@@ -50,6 +51,7 @@ class MasksConfig:
     row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES
     max_label_map_bytes: int = DEFAULT_MAX_LABEL_MAP_BYTES
     progress: bool = False
+    devices: tuple[str, ...] = ()  # local engine: one generator per device (e.g. cuda:0, cuda:1), each on its own shards
 
     def __post_init__(self) -> None:
         if (self.shard_index is None) != (self.num_shards is None):
@@ -62,9 +64,20 @@ class MasksConfig:
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.row_group_bytes <= 0 or self.max_label_map_bytes <= 0:
             raise ValueError("row-group size and label-map memory limit must be positive")
+        if self.devices and self.engine != "local":
+            raise ValueError("--devices is for the local engine; the Ray engine starts one actor per GPU itself")
+        if any(not device.strip() for device in self.devices):
+            raise ValueError(f"--devices has an empty entry: {','.join(self.devices)!r}")
 
-    def build_generator(self) -> MaskGenerator:
-        return build_generator(self.generator, dict(self.options))
+    def build_generator(self, device: str | None = None) -> MaskGenerator:
+        """The configured generator; `device` (or the only entry of `devices`) overrides its device setting."""
+        options = dict(self.options)
+        if self.devices and "device" not in get_type_hints(generator_class(self.generator).Config):
+            raise ValueError(f"--devices needs a generator with a device setting (sam, sam2), not {self.generator!r}")
+        device = device or (self.devices[0] if len(self.devices) == 1 else None)
+        if device is not None:
+            options["device"] = device
+        return build_generator(self.generator, options)
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,7 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 def decode_or_error(record: ImageRecord, max_label_map_bytes: int) -> np.ndarray | Exception:
-    """Decoded pixels, or why not (too large, undecodable), which `label_image` then records for this image."""
+    """Decoded pixels, or why not (too large, undecodable), which `mask_row` then records for this image."""
     try:
         check_label_map_fits(record, max_label_map_bytes)
         return decode_rgb(record.data)
@@ -148,20 +161,41 @@ def failure_row(generator: MaskGenerator, record: ImageRecord) -> dict[str, Any]
     }
 
 
-def label_image(generator: MaskGenerator, record: ImageRecord, image: np.ndarray | Exception) -> tuple[dict[str, Any], RecordNote | None]:
+def generate_outcomes(
+    generator: MaskGenerator, records: Sequence[ImageRecord], images: Sequence[np.ndarray | Exception]
+) -> list[MaskResult | Exception]:
+    """Each image's label map, or the error that stopped it: one `generate_batch` call for the decoded images.
+
+    When the batch call fails, its images are redone one at a time, so one bad image
+    only costs its own row.
+    """
+    outcomes: list[MaskResult | Exception] = list(images)
+    decoded = [index for index, image in enumerate(images) if not isinstance(image, Exception)]
+    groups = [decoded] if decoded else []
+    while groups:
+        group = groups.pop(0)
+        try:
+            results = generator.generate_batch([images[index] for index in group], [records[index].id for index in group])
+            for index, result in zip(group, results):
+                outcomes[index] = result
+        except Exception as error:  # one bad image must not stop a long run; the manifest records it
+            if len(group) == 1:
+                outcomes[group[0]] = error
+            else:
+                groups = [[index] for index in group] + groups
+    return outcomes
+
+
+def mask_row(generator: MaskGenerator, record: ImageRecord, outcome: MaskResult | Exception) -> tuple[dict[str, Any], RecordNote | None]:
     """The mask shard row for one image, and a note when it failed (see the module docstring)."""
-    try:
-        if isinstance(image, Exception):
-            raise image
-        result = generator.generate(image, record.id)
-    except Exception as error:  # one bad image must not stop a long run; the manifest records it
-        return failure_row(generator, record), RecordNote(record.id, failure_reason(error))
+    if isinstance(outcome, Exception):
+        return failure_row(generator, record), RecordNote(record.id, failure_reason(outcome))
     row = {
         "id": record.id,
-        "mask": {"bytes": encode_label_map(result.label_map), "path": None},
-        "num_regions": result.stats.num_regions,
-        "coverage": result.stats.coverage,
-        "mean_iou": result.stats.mean_iou,
+        "mask": {"bytes": encode_label_map(outcome.label_map), "path": None},
+        "num_regions": outcome.stats.num_regions,
+        "coverage": outcome.stats.coverage,
+        "mean_iou": outcome.stats.mean_iou,
         "generator": generator.name,
         "settings_hash": generator.settings_hash,
     }

@@ -42,7 +42,8 @@ from pipeline.mask_labelling import (
     ShardReport,
     decode_or_error,
     failure_reason,
-    label_image,
+    generate_outcomes,
+    mask_row,
     read_records,
     report_path,
     write_mask_shard,
@@ -121,30 +122,47 @@ def start_generator(generator: MaskGenerator) -> None:
         raise GeneratorUnavailable(f"mask generator {generator.name} cannot start: {reason}") from error
 
 
+def _decoded_batches(
+    image_shard: Path, pool: ThreadPoolExecutor, lookahead: int, batch_size: int, max_label_map_bytes: int
+) -> Iterator[list[tuple[ImageRecord, Future]]]:
+    """The shard's records in batches of `batch_size`, decoded on `pool` at least `lookahead` images ahead."""
+    queue: deque[tuple[ImageRecord, Future]] = deque()
+    for record in read_records(image_shard):
+        queue.append((record, pool.submit(decode_or_error, record, max_label_map_bytes)))
+        if len(queue) >= max(lookahead, batch_size):
+            yield [queue.popleft() for _ in range(batch_size)]
+    while queue:
+        yield [queue.popleft() for _ in range(min(batch_size, len(queue)))]
+
+
 def _local_rows(
     generator: MaskGenerator, image_shard: Path, pool: ThreadPoolExecutor, lookahead: int, max_label_map_bytes: int, progress: tqdm
 ) -> Iterator[tuple[dict[str, Any], RecordNote | None]]:
-    """Label the shard's images in order while worker threads decode the next ones."""
-
-    queue: deque[tuple[ImageRecord, Future]] = deque()
-    records = read_records(image_shard)
-    for record in records:
-        queue.append((record, pool.submit(decode_or_error, record, max_label_map_bytes)))
-        if len(queue) >= lookahead:
-            break
-    while queue:
-        record, future = queue.popleft()
-        next_record = next(records, None)
-        if next_record is not None:
-            queue.append((next_record, pool.submit(decode_or_error, next_record, max_label_map_bytes)))
-        yield label_image(generator, record, future.result())
-        progress.update(1)
+    """Label the shard's images in order, a batch at a time; threads decode the next images and encode
+    the previous batch's label maps (PNG) while the generator works."""
+    encoding: deque[list[Future]] = deque()
+    for batch in _decoded_batches(image_shard, pool, lookahead, generator.batch_size, max_label_map_bytes):
+        records = [record for record, _ in batch]
+        outcomes = generate_outcomes(generator, records, [future.result() for _, future in batch])
+        encoding.append([pool.submit(mask_row, generator, record, outcome) for record, outcome in zip(records, outcomes)])
+        while len(encoding) > 1:
+            for future in encoding.popleft():
+                yield future.result()
+                progress.update(1)
+    for futures in encoding:
+        for future in futures:
+            yield future.result()
+            progress.update(1)
 
 
 def run_local(
     config: MasksConfig, generator: MaskGenerator, shards: list[Path], checksums: dict[str, str], progress: tqdm
 ) -> list[ShardReport]:
-    """The local engine: one generator in this process, decoding on `workers` threads."""
+    """The local engine: one generator in this process (or one per `--devices` entry), decoding on `workers` threads."""
+    if len(config.devices) > 1:
+        from pipeline.device_workers import run_on_devices  # worker processes, one per device
+
+        return run_on_devices(config, shards, checksums, progress)
     reports = []
     lookahead = config.workers * PREFETCH_PER_WORKER
     with ThreadPoolExecutor(max_workers=config.workers) as pool:

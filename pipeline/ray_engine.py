@@ -2,8 +2,9 @@
 
 The pending image shards are read as one Ray dataset (`read_parquet`, order preserved);
 a pool of actors, each holding one generator (one actor per GPU where the cluster has
-GPUs, else up to `workers` CPU actors), labels the rows with the same `label_image` the
-local engine uses, and the driver streams the results back, shard by shard in their
+GPUs, else up to `workers` CPU actors), labels batches of rows with the same
+`generate_outcomes` and `mask_row` the local engine uses (a GPU actor takes
+`GPU_ROWS_PER_CALL` rows per call and feeds them to its generator's `generate_batch`), and the driver streams the results back, shard by shard in their
 original order, through the same `write_mask_shard`.
 So mask shards, reports and the manifest are identical whichever engine made them.
 
@@ -28,11 +29,12 @@ from tqdm import tqdm
 
 from pipeline.generators import build_generator
 from pipeline.manifest import RecordNote
-from pipeline.mask_labelling import ImageRecord, MasksConfig, ShardReport, decode_or_error, label_image, write_mask_shard
+from pipeline.mask_labelling import ImageRecord, MasksConfig, ShardReport, decode_or_error, generate_outcomes, mask_row, write_mask_shard
 from pipeline.shards import MASK_SCHEMA
 
 CLIENT_PREFIX = "ray://"
 PROBE_TIMEOUT_S = 30  # a silent (firewalled) address fails after this, well within a minute
+GPU_ROWS_PER_CALL = 16
 
 
 class RayUnreachable(ValueError):
@@ -65,7 +67,6 @@ def connect(address: str) -> None:
         hint = "; a cluster with token authentication needs RAY_AUTH_MODE=token here" if address.startswith(CLIENT_PREFIX) else ""
         raise RayUnreachable(f"Ray cluster {address}: cannot connect ({first_line}){hint}") from error
 
-
 class MaskActor:
     """Holds one generator (e.g. a SAM model on its GPU) and labels batches of image rows."""
 
@@ -75,9 +76,17 @@ class MaskActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         columns: dict[str, list] = {key: [] for key in (*MASK_SCHEMA.names, "failure", "path")}
-        for image_id, image, width, height, path in zip(batch["id"], batch["image"], batch["width"], batch["height"], batch["path"]):
-            record = ImageRecord(str(image_id), bytes(image["bytes"]), int(width), int(height))
-            row, failure = label_image(self.generator, record, decode_or_error(record, self.max_label_map_bytes))
+        records = [
+            ImageRecord(str(image_id), bytes(image["bytes"]), int(width), int(height))
+            for image_id, image, width, height in zip(batch["id"], batch["image"], batch["width"], batch["height"])
+        ]
+        step = self.generator.batch_size
+        outcomes = []
+        for start in range(0, len(records), step):
+            chunk = records[start : start + step]
+            outcomes += generate_outcomes(self.generator, chunk, [decode_or_error(record, self.max_label_map_bytes) for record in chunk])
+        for record, outcome, path in zip(records, outcomes, batch["path"]):
+            row, failure = mask_row(self.generator, record, outcome)
             row["mask"] = row["mask"]["bytes"]
             row.update(failure="" if failure is None else failure.reason, path=Path(str(path)).name)
             for key, value in row.items():
@@ -86,7 +95,7 @@ class MaskActor:
 
 
 def _actor_resources(workers: int) -> dict[str, Any]:
-    """One actor per GPU when the cluster has GPUs, else up to `workers` single-CPU actors.
+    """One actor per GPU (fed several rows per call) when the cluster has GPUs, else up to `workers` single-CPU actors.
 
     CPU actors leave one CPU free for the Parquet read tasks that feed them; taking every
     CPU would starve the reads and deadlock the pipeline.
@@ -94,9 +103,9 @@ def _actor_resources(workers: int) -> dict[str, Any]:
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     if gpus:
-        return {"compute": ActorPoolStrategy(size=gpus), "num_gpus": 1}
+        return {"compute": ActorPoolStrategy(size=gpus), "num_gpus": 1, "batch_size": GPU_ROWS_PER_CALL}
     size = max(1, min(workers, int(resources.get("CPU", 1)) - 1))
-    return {"compute": ActorPoolStrategy(size=size), "num_cpus": 1}
+    return {"compute": ActorPoolStrategy(size=size), "num_cpus": 1, "batch_size": 1}
 
 
 def _labelled_rows(config: MasksConfig, shards: list[Path]) -> Iterator[dict[str, Any]]:
@@ -109,7 +118,6 @@ def _labelled_rows(config: MasksConfig, shards: list[Path]) -> Iterator[dict[str
             fn_constructor_kwargs={
                 "generator": config.generator, "options": config.options, "max_label_map_bytes": config.max_label_map_bytes
             },
-            batch_size=1,
             batch_format="numpy",
             **_actor_resources(config.workers),
         )

@@ -1,53 +1,35 @@
 """Every mask generator on real photographs; SAM through small randomly initialised networks."""
 
 import hashlib
+import os
+import subprocess
+import sys
 import urllib.error
-from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from pipeline.generators import GENERATORS, build_generator
-from pipeline.generators.sam_amg import AmgSettings, FastAutomaticMaskGenerator
-from pipeline.generators.sam_weights import OfficialWeights, SamWeightsUnavailable, fetch_weights, resolve_checkpoint
-from pipeline.sample import sample_photo_paths
-
-
-def photo(index: int = 1, side: int = 96) -> np.ndarray:
-    with Image.open(sample_photo_paths()[index]) as image:
-        image = image.convert("RGB")
-        image.thumbnail((side, side))
-        return np.asarray(image)
-
-
-def tiny_sam(seed: int = 0) -> Sam:
-    """segment-anything's own modules at toy sizes (64 px input, 32-dim prompts), random weights."""
-    torch.manual_seed(seed)
-    dim, image_size, patch = 32, 64, 16
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=image_size, patch_size=patch, embed_dim=48, depth=2, num_heads=2, mlp_ratio=2,
-            out_chans=dim, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True, global_attn_indexes=(1,), window_size=2,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=dim, image_embedding_size=(image_size // patch, image_size // patch),
-            input_image_size=(image_size, image_size), mask_in_chans=4,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3, transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
-            transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32,
-        ),
-    )
-    return sam.eval()
+from pipeline.generators import build_generator, generator_names, sam_weights
+from pipeline.generators.sam_weights import (
+    SAM21_WEIGHTS, SAM_WEIGHTS, OfficialWeights, SamWeightsUnavailable, fetch_weights, resolve_checkpoint, weights_sha256,
+)
+from random_sams import photo, tiny_sam
 
 
 def test_registry_names_every_generator():
-    assert sorted(GENERATORS) == ["coco-panoptic", "felzenszwalb", "grid", "sam"]
+    assert generator_names() == ["coco-panoptic", "felzenszwalb", "grid", "sam", "sam2"]
+
+
+def test_importing_the_registry_loads_no_sam_until_a_sam_generator_is_built():
+    probe = (
+        "import sys; import pipeline.generators as g; heavy = ('torch', 'segment_anything', 'sam2');"
+        "assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules];"
+        "g.generator_class('sam'); assert 'segment_anything' in sys.modules and 'sam' in g.GENERATORS"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)
 
 
 def test_unknown_generator_and_option_are_refused_by_name():
@@ -96,24 +78,6 @@ def test_coco_panoptic_reads_rgb_encoded_ids_matched_by_file_stem(tmp_path):
         generator.generate(np.zeros((64, 80, 3), np.uint8), "missing.jpg")
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [
-        dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0),
-        dict(points_per_side=6, pred_iou_thresh=0.05, stability_score_thresh=0.2, stability_score_offset=0.01, points_per_batch=7),
-        dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=1, min_mask_region_area=20),
-    ],
-)
-def test_fast_amg_returns_the_stock_generators_masks_in_the_same_order(settings):
-    sam, image = tiny_sam(), photo(0, 96)
-    stock = SamAutomaticMaskGenerator(sam, **settings).generate(image)
-    ours = FastAutomaticMaskGenerator(SamPredictor(sam), AmgSettings(**settings)).generate(image)
-    assert len(ours) == len(stock) > 0
-    for region, record in zip(ours, stock):
-        assert np.array_equal(region.to_full(*image.shape[:2]), record["segmentation"])
-        assert region.predicted_iou == pytest.approx(record["predicted_iou"])
-
-
 def test_sam_generator_with_an_injected_small_sam_covers_every_pixel():
     image = photo(2, 80)
     generator = build_generator(
@@ -133,9 +97,20 @@ def test_missing_checkpoint_without_network_names_the_file_and_url(tmp_path, mon
 
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(SamWeightsUnavailable, match=r"sam_vit_b_01ec64\.pth.*https://dl\.fbaipublicfiles\.com/segment_anything/sam_vit_b_01ec64\.pth"):
-        resolve_checkpoint("vit_b", "", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        resolve_checkpoint("vit_b", str(tmp_path / "nope.pth"), "")
+        resolve_checkpoint(SAM_WEIGHTS, "vit_b", "", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="SAM checkpoint .*nope.pth does not exist"):
+        resolve_checkpoint(SAM_WEIGHTS, "vit_b", str(tmp_path / "nope.pth"), "")
+    with pytest.raises(ValueError, match="unknown SAM 2.1 model 'vit_b'"):
+        resolve_checkpoint(SAM21_WEIGHTS, "vit_b", "", str(tmp_path))
+
+
+def test_sam21_downloads_need_a_sha256_to_check_against(tmp_path):
+    with pytest.raises(ValueError, match=r"sam2\.1_hiera_tiny\.pt: Meta publishes no sha256.*sha256=HEX"):
+        resolve_checkpoint(SAM21_WEIGHTS, "tiny", "", str(tmp_path))
+    checkpoint = tmp_path / "mine.pt"
+    checkpoint.write_bytes(b"weights")
+    with pytest.raises(ValueError, match="mine.pt: sha256 does not match"):
+        resolve_checkpoint(SAM21_WEIGHTS, "tiny", str(checkpoint), "", sha256="0" * 64)
 
 
 def test_download_is_checked_against_the_published_sha256(tmp_path):
@@ -150,10 +125,61 @@ def test_download_is_checked_against_the_published_sha256(tmp_path):
     assert not (tmp_path / "cache" / "sam_other.pth").exists()
 
 
-def test_sam_settings_name_the_checkpoint_without_loading_it(tmp_path):
+def test_sam_settings_name_the_weights_by_content_without_loading_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGPIC_CACHE", str(tmp_path / "cache"))
     checkpoint = tmp_path / "my_sam.pth"
     checkpoint.write_bytes(b"not loaded until the first image")
-    generator = build_generator("sam", {"model": "vit_b", "checkpoint": str(checkpoint), "device": "cpu"})
+    generator = build_generator("sam", {"model": "vit_b", "checkpoint": str(checkpoint), "device": "cpu", "batch_size": "3"})
     settings = generator.settings()
-    assert settings["weights"] == {"file": "my_sam.pth", "bytes": checkpoint.stat().st_size}
-    assert "checkpoint" not in settings["config"] and settings["config"]["points_per_side"] == 32
+    assert settings["weights"] == {"sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+    assert settings["config"]["points_per_side"] == 32 and settings["config"]["mode"] == "exact"
+    assert not {"checkpoint", "cache_dir", "sha256", "device", "batch_size"} & set(settings["config"])
+    assert generator.batch_size == 3
+
+
+def test_two_checkpoints_with_the_same_name_and_size_give_different_settings_hashes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGPIC_CACHE", str(tmp_path / "cache"))
+    hashes = []
+    for folder, weights in (("a", b"weights-one"), ("b", b"weights-two")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "sam_vit_b.pth").write_bytes(weights)
+        hashes.append(build_generator("sam", {"model": "vit_b", "checkpoint": str(tmp_path / folder / "sam_vit_b.pth")}).settings_hash)
+    assert hashes[0] != hashes[1]
+
+
+def test_a_checkpoint_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGPIC_CACHE", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "sam.pth"
+    checkpoint.write_bytes(b"first weights")
+    reads = []
+    monkeypatch.setattr(sam_weights, "file_sha256", lambda path: reads.append(path) or hashlib.sha256(Path(path).read_bytes()).hexdigest())
+    first = weights_sha256(checkpoint)
+    assert weights_sha256(checkpoint) == first and len(reads) == 1
+    assert (tmp_path / "cache" / "sha256-cache.json").is_file()
+    checkpoint.write_bytes(b"other weights")
+    os.utime(checkpoint, ns=(1, 1))
+    assert weights_sha256(checkpoint) == hashlib.sha256(b"other weights").hexdigest() and len(reads) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"mode": "turbo"}, "unknown mode 'turbo'"),
+        ({"compile": "true"}, "compile=true needs mode=fast"),
+        ({"batch_size": "-1"}, "batch_size must be >= 0"),
+        ({"model": "vit_x"}, "unknown SAM model 'vit_x'"),
+    ],
+)
+def test_sam_refuses_bad_settings_by_name(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_generator("sam", options, model=tiny_sam())
+
+
+def test_sam_fast_mode_runs_on_the_cpu_without_touching_the_injected_model(one_torch_thread):
+    sam, image = tiny_sam(1), photo(2, 80)
+    before = {name: value.clone() for name, value in sam.state_dict().items()}
+    options = {"points_per_side": "4", "pred_iou_thresh": "0", "stability_score_thresh": "0", "mode": "fast"}
+    result = build_generator("sam", options, model=sam).generate(image, "coffee.png")
+    assert result.label_map.shape == image.shape[:2] and result.stats.num_regions >= 1
+    assert all(torch.equal(before[name], value) for name, value in sam.state_dict().items())
+    assert type(sam.image_encoder.blocks[0].attn).forward is sam.image_encoder.blocks[0].attn.forward.__func__

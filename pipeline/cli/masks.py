@@ -59,14 +59,15 @@ def _file_settings(reference: str) -> tuple[tuple[str, Any], ...]:
 def masks(
     images: Annotated[Path, typer.Argument(help="Image shard directory (segpic ingest).")],
     out: Annotated[Path, typer.Option(help="Mask shard directory to write (same shard names and row order).")],
-    generator: Annotated[str, typer.Option(help="sam, felzenszwalb, grid or coco-panoptic.")] = "felzenszwalb",
+    generator: Annotated[str, typer.Option(help="sam, sam2, felzenszwalb, grid or coco-panoptic.")] = "felzenszwalb",
     setting: Annotated[
         list[str] | None,
         typer.Option(
             "--set",
             help="Generator setting KEY=VALUE or GENERATOR.KEY=VALUE (ignored unless GENERATOR runs), repeatable: "
             "sam.model=vit_b, sam.checkpoint=PATH (empty: official file, downloaded and verified), sam.points_per_side=16 "
-            "and every AMG setting; grid.grid=4; felzenszwalb.scale=400; coco-panoptic.panoptic_dir=DIR; "
+            "and every AMG setting, sam.mode=fast (bf16, fused attention; agreement: benchmarks/bench_masks.py), "
+            "sam.batch_size=4; sam2.model=tiny|small|base_plus|large, sam2.checkpoint=PATH; grid.grid=4; felzenszwalb.scale=400; coco-panoptic.panoptic_dir=DIR; "
             "speck_area, max_regions (all).",
         ),
     ] = None,
@@ -93,6 +94,9 @@ def masks(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (images/s, ETA).")] = True,
     timings: TimingsOption = None,
+    devices: Annotated[
+        str, typer.Option(help="Local engine: comma-separated devices, one worker process each (cuda:0,cuda:1); sam/sam2 only.")
+    ] = "",
 ) -> None:
     """Write OUT/part-*.parquet mask shards and OUT/manifest.json; re-running resumes."""
     from pipeline.masks import MasksConfig, make_masks
@@ -113,6 +117,7 @@ def masks(
             ray_address=ray_address,
             **({} if max_label_map_bytes is None else {"max_label_map_bytes": max_label_map_bytes}),
             progress=progress,
+            devices=tuple(device.strip() for device in devices.split(",")) if devices else (),
         )
         summary = make_masks(config)
         write_timings(timings, time.perf_counter() - started, summary.images)

@@ -1,9 +1,18 @@
-"""Mask generators: one registry (`GENERATORS`) of small classes behind `MaskGenerator`.
+"""Mask generators: one registry of small classes behind `MaskGenerator`.
 
-Importing the package registers `grid`, `felzenszwalb`, `coco-panoptic` and `sam`.
+Importing the package registers `grid`, `felzenszwalb` and `coco-panoptic`; the SAM family
+(`sam`, `sam2`) is registered by module name and imported only when one is built, so
+commands that never run SAM start without loading torch or segment-anything
+(`register_lazy(name, module)` adds another such generator).
 """
 
-from pipeline.generators import coco_panoptic, felzenszwalb, grid, sam
-from pipeline.generators.base import GENERATORS, MaskGenerator, build_generator, register
+from pipeline.generators import coco_panoptic, felzenszwalb, grid
+from pipeline.generators.base import GENERATORS, MaskGenerator, build_generator, generator_class, generator_names, register, register_lazy
 
-__all__ = ["GENERATORS", "MaskGenerator", "build_generator", "register", "coco_panoptic", "felzenszwalb", "grid", "sam"]
+register_lazy("sam", "pipeline.generators.sam")
+register_lazy("sam2", "pipeline.generators.sam2")
+
+__all__ = [
+    "GENERATORS", "MaskGenerator", "build_generator", "generator_class", "generator_names", "register", "register_lazy",
+    "coco_panoptic", "felzenszwalb", "grid",
+]

@@ -8,8 +8,9 @@ settings from foreign ones.
 """
 
 import dataclasses
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, get_type_hints
 
 import numpy as np
@@ -18,6 +19,7 @@ from pipeline.label_maps import LabelMapRule, MaskResult
 from pipeline.manifest import settings_hash
 
 GENERATORS: dict[str, type["MaskGenerator"]] = {}
+LAZY_GENERATORS: dict[str, str] = {}  # name -> module that registers it when imported (heavy imports: torch, SAM)
 RULE_FIELDS = tuple(field.name for field in dataclasses.fields(LabelMapRule))
 
 
@@ -26,6 +28,7 @@ class MaskGenerator(ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    batch_size: int = 1  # images the masks stage hands to `generate_batch` at once
 
     def __init__(self, config: Any, rule: LabelMapRule = LabelMapRule()) -> None:
         self.config = config
@@ -37,6 +40,10 @@ class MaskGenerator(ABC):
 
     def start(self) -> None:
         """Load what `generate` needs (weights, folders) and raise if it cannot; the masks stage calls it once, first."""
+
+    def generate_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[MaskResult]:
+        """Label maps for several images (sizes may differ); generators that batch on a device override it."""
+        return [self.generate(image, image_id) for image, image_id in zip(images, image_ids)]
 
     def settings(self) -> dict[str, Any]:
         """Everything that decides the output: generator, its config, the label-map rule."""
@@ -58,10 +65,31 @@ class MaskGenerator(ABC):
 
 def register(cls: type[MaskGenerator]) -> type[MaskGenerator]:
     """Class decorator: make a generator available under its `name`."""
-    if cls.name in GENERATORS:
+    if cls.name in GENERATORS or (cls.name in LAZY_GENERATORS and cls.__module__ != LAZY_GENERATORS[cls.name]):
         raise ValueError(f"mask generator {cls.name!r} is registered twice")
     GENERATORS[cls.name] = cls
     return cls
+
+
+def register_lazy(name: str, module: str) -> None:
+    """Name a generator whose module (and its heavy imports) loads only when the generator is built."""
+    if name in GENERATORS or name in LAZY_GENERATORS:
+        raise ValueError(f"mask generator {name!r} is registered twice")
+    LAZY_GENERATORS[name] = module
+
+
+def generator_names() -> list[str]:
+    """Every generator name, loaded or not."""
+    return sorted({*GENERATORS, *LAZY_GENERATORS})
+
+
+def generator_class(name: str) -> type[MaskGenerator]:
+    """The class registered as `name`, importing its module first when it is a lazy one."""
+    if name not in GENERATORS and name in LAZY_GENERATORS:
+        importlib.import_module(LAZY_GENERATORS[name])
+    if name not in GENERATORS:
+        raise ValueError(f"unknown mask generator {name!r}; choose one of {', '.join(generator_names())}")
+    return GENERATORS[name]
 
 
 def _parse_value(kind: Any, value: Any, key: str) -> Any:
@@ -93,9 +121,7 @@ def build_generator(name: str, options: Mapping[str, Any] | None = None, **resou
 
     `resources` are passed to the constructor (e.g. `model=` an injected SAM for tests).
     """
-    if name not in GENERATORS:
-        raise ValueError(f"unknown mask generator {name!r}; choose one of {', '.join(sorted(GENERATORS))}")
+    cls = generator_class(name)
     options = dict(options or {})
     rule_options = {key: options.pop(key) for key in RULE_FIELDS if key in options}
-    cls = GENERATORS[name]
     return cls(config_from_options(cls.Config, options), config_from_options(LabelMapRule, rule_options), **resources)

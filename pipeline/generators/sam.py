@@ -1,53 +1,56 @@
 """`sam`: Segment Anything's automatic masks (vit_h / vit_l / vit_b), turned into one label map.
 
-Masks come from `FastAutomaticMaskGenerator` (stock AMG's masks, faster) and become a
-partition through `pipeline.label_maps.masks_to_label_map`. Weights: `checkpoint=PATH`,
-or the official file for `model` fetched into `cache_dir` and checked against its sha256.
-Tests and benchmarks inject a model (`SamGenerator(config, rule, model=sam)`).
+Masks come from the batched engine (`amg_engine.AmgEngine`) over `SamSegmenter`:
+`mode=exact` (default) gives stock `SamAutomaticMaskGenerator`'s masks; `mode=fast` runs
+the encoder in bf16 with fused attention and (on a GPU) decodes all prompts of a crop at once
+(`compile=true` adds `torch.compile`); its agreement with exact mode is measured by
+`benchmarks/bench_masks.py`. Masks become a partition through the `pipeline.label_maps`
+rule, painted on the device. Weights: `checkpoint=PATH`, or the official file for
+`model` fetched into `cache_dir` and checked against its sha256. Tests and benchmarks
+inject a model (`SamGenerator(config, rule, model=sam)`).
 """
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from segment_anything import SamPredictor, sam_model_registry
+from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
-from pipeline.generators.base import MaskGenerator, register
-from pipeline.generators.sam_amg import AmgSettings, FastAutomaticMaskGenerator
-from pipeline.generators.sam_weights import resolve_checkpoint
-from pipeline.label_maps import LabelMapRule, MaskResult, masks_to_label_map
+from pipeline.generators.amg_engine import AmgEngine, AmgSettings
+from pipeline.generators.base import register
+from pipeline.generators.sam_family import MODES, CheckpointGenerator, CheckpointSettings
+from pipeline.generators.sam_segmenter import SamSegmenter
+from pipeline.generators.sam_weights import SAM_WEIGHTS
+from pipeline.label_maps import LabelMapRule, MaskResult
 
 SAM_MODELS = ("vit_h", "vit_l", "vit_b")
 
 
 @dataclass(frozen=True)
-class SamConfig(AmgSettings):
-    """AMG settings plus which network to run and where: `device` "auto" picks CUDA when present."""
+class SamConfig(AmgSettings, CheckpointSettings):
+    """AMG settings, which network, exact or fast arithmetic, and where it runs."""
 
     model: str = "vit_h"
-    checkpoint: str = ""
-    cache_dir: str = ""
-    device: str = "auto"
+    mode: str = "exact"
+    compile: bool = False
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        AmgSettings.__post_init__(self)
+        CheckpointSettings.__post_init__(self)
         if self.model not in SAM_MODELS:
             raise ValueError(f"unknown SAM model {self.model!r}; choose one of {', '.join(SAM_MODELS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.compile and self.mode != "fast":
+            raise ValueError("compile=true needs mode=fast (compiled kernels change the arithmetic)")
 
     @property
     def amg_settings(self) -> AmgSettings:
         return AmgSettings(**{field.name: getattr(self, field.name) for field in dataclasses.fields(AmgSettings)})
-
-
-def pick_device(device: str) -> torch.device:
-    """`auto` -> the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_sam(model_type: str, checkpoint: Path, device: torch.device) -> Sam:
@@ -58,40 +61,36 @@ def load_sam(model_type: str, checkpoint: Path, device: torch.device) -> Sam:
 
 
 @register
-class SamGenerator(MaskGenerator):
+class SamGenerator(CheckpointGenerator):
     """Coverage is the share of pixels some SAM mask covered; mean_iou averages SAM's predicted IoU."""
 
     name = "sam"
     Config = SamConfig
+    weights_family = SAM_WEIGHTS
 
     def __init__(self, config: SamConfig, rule: LabelMapRule = LabelMapRule(), model: Sam | None = None) -> None:
-        super().__init__(config, rule)
-        self._checkpoint = None if model is not None else resolve_checkpoint(config.model, config.checkpoint, config.cache_dir)
-        self._amg = None if model is None else FastAutomaticMaskGenerator(SamPredictor(model.eval()), config.amg_settings)
+        super().__init__(config, rule, model)
+        self._engine: AmgEngine | None = None
 
     @property
-    def amg(self) -> FastAutomaticMaskGenerator:
-        """Loaded on first use, so a driver that only needs `settings_hash` never holds the network."""
-        if self._amg is None:
-            sam = load_sam(self.config.model, self._checkpoint, pick_device(self.config.device))
-            self._amg = FastAutomaticMaskGenerator(SamPredictor(sam), self.config.amg_settings)
-        return self._amg
+    def engine(self) -> AmgEngine:
+        """Built on first use, so a driver that only needs `settings_hash` never holds the network."""
+        if self._engine is None:
+            config, fast = self.config, self.config.mode == "fast"
+            if self.injected is not None:
+                segmenter = SamSegmenter(self.injected, fast=fast, compile_encoder=config.compile, copy_model=True)
+            else:
+                sam = load_sam(config.model, self.checkpoint_path(), self.device)
+                segmenter = SamSegmenter(sam, fast=fast, compile_encoder=config.compile, copy_model=False)
+            all_prompts = fast and self.device.type == "cuda"  # on a CPU one call's memory would grow with the grid
+            self._engine = AmgEngine(segmenter, config.amg_settings, image_batch=self.batch_size, all_prompts=all_prompts)
+        return self._engine
 
     def start(self) -> None:
-        self.amg  # loads the network now: an unreadable or mismatched checkpoint fails here, once
-
-    def identity(self) -> dict[str, Any]:
-        """Which weights: the checkpoint's name and size (device and cache folder do not change masks)."""
-        if self._checkpoint is None:
-            return {"weights": "injected"}
-        return {"weights": {"file": self._checkpoint.name, "bytes": self._checkpoint.stat().st_size}}
-
-    def settings(self) -> dict[str, Any]:
-        settings = super().settings()
-        for where in ("checkpoint", "cache_dir", "device"):
-            settings["config"].pop(where)
-        return settings
+        self.engine  # builds the network now: an unreadable or mismatched checkpoint fails here, once
 
     def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
-        masks = self.amg.generate(image)
-        return masks_to_label_map(masks, image.shape[0], image.shape[1], self.rule)
+        return self.generate_batch([image], [image_id])[0]
+
+    def generate_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[MaskResult]:
+        return self.engine.label_maps(images, self.rule)

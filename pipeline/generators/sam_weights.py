@@ -1,21 +1,32 @@
-"""Official SAM checkpoints: where they come from, and getting one onto disk verified.
+"""Checkpoints of the SAM family: where official ones come from, getting one verified, and naming one by content.
 
 A user-supplied checkpoint path is used as given. Otherwise the official file for the
-model type is looked up in a cache folder and, when absent, downloaded from Meta's URL
-and checked against its published sha256 before it is moved into place; with no network
-the error names the file expected and the URL to fetch it from.
+model is looked up in a cache folder and, when absent, downloaded from Meta's URL and
+checked against its sha256 before it is moved into place; with no network the error
+names the file expected and the URL to fetch it from. Meta publishes sha256 sums for
+SAM 1 only; for SAM 2.1 the user passes the sum to check against (`sha256=`).
+
+Mask settings name weights by their sha256 (`weights_sha256`), never by file name and
+size. Hashing a 2.5 GB file takes seconds, so sums are remembered in
+`<cache root>/sha256-cache.json` by resolved path, size and modification time.
 """
 
+import json
 import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.manifest import file_sha256
+from pipeline.manifest import file_sha256, write_json_atomically
 
 DOWNLOAD_CHUNK_BYTES = 1 << 22
-DEFAULT_CACHE_DIR = Path(os.environ.get("SEGPIC_CACHE", Path.home() / ".cache" / "segpic")) / "sam"
+HASH_CACHE_NAME = "sha256-cache.json"
+
+
+def cache_root() -> Path:
+    """`$SEGPIC_CACHE`, else ~/.cache/segpic (read when called, so a job can point it elsewhere)."""
+    return Path(os.environ.get("SEGPIC_CACHE", Path.home() / ".cache" / "segpic"))
 
 
 class SamWeightsUnavailable(FileNotFoundError):
@@ -24,36 +35,79 @@ class SamWeightsUnavailable(FileNotFoundError):
 
 @dataclass(frozen=True)
 class OfficialWeights:
-    """One published checkpoint: file name, URL and sha256 (as listed by the segment-anything README)."""
+    """One published checkpoint: file name, URL and sha256 (None where Meta publishes none)."""
 
     file_name: str
     url: str
-    sha256: str
+    sha256: str | None
 
 
-_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {
+@dataclass(frozen=True)
+class WeightsFamily:
+    """The official checkpoints of one model family, cached under `cache_root()/folder`."""
+
+    title: str
+    folder: str
+    weights: dict[str, OfficialWeights]
+
+
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+SAM_WEIGHTS = WeightsFamily("SAM", "sam", {
     "vit_h": OfficialWeights(
-        "sam_vit_h_4b8939.pth", _BASE_URL + "sam_vit_h_4b8939.pth",
+        "sam_vit_h_4b8939.pth", _SAM_URL + "sam_vit_h_4b8939.pth",
         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
     ),
     "vit_l": OfficialWeights(
-        "sam_vit_l_0b3195.pth", _BASE_URL + "sam_vit_l_0b3195.pth",
+        "sam_vit_l_0b3195.pth", _SAM_URL + "sam_vit_l_0b3195.pth",
         "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
     ),
     "vit_b": OfficialWeights(
-        "sam_vit_b_01ec64.pth", _BASE_URL + "sam_vit_b_01ec64.pth",
+        "sam_vit_b_01ec64.pth", _SAM_URL + "sam_vit_b_01ec64.pth",
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
     ),
-}
+})
+_SAM21_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+SAM21_WEIGHTS = WeightsFamily("SAM 2.1", "sam2", {
+    name: OfficialWeights(f"sam2.1_hiera_{name}.pt", f"{_SAM21_URL}sam2.1_hiera_{name}.pt", None)
+    for name in ("tiny", "small", "base_plus", "large")
+})
 
 
-def fetch_weights(weights: OfficialWeights, cache_dir: Path) -> Path:
-    """`cache_dir/<file_name>`, downloading and verifying it first when it is not there yet."""
+def weights_sha256(path: Path) -> str:
+    """sha256 of a checkpoint, hashed once per (resolved path, size, mtime) and remembered in the cache root."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key, stamp = str(path), [stat.st_size, stat.st_mtime_ns]
+    cache_file = cache_root() / HASH_CACHE_NAME
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp:
+        return entry["sha256"]
+    digest = file_sha256(path)
+    known[key] = {"stamp": stamp, "sha256": digest}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(cache_file, known)
+    except OSError:
+        pass  # a read-only cache only costs hashing again next time
+    return digest
+
+
+def fetch_weights(weights: OfficialWeights, cache_dir: Path, sha256: str = "") -> Path:
+    """`cache_dir/<file_name>`, downloading it first when absent; checked against the published (or given) sha256."""
+    expected = sha256 or weights.sha256
+    if not expected:
+        raise ValueError(
+            f"{weights.file_name}: Meta publishes no sha256 for it; pass checkpoint=PATH, or sha256=HEX to download "
+            f"{weights.url} and check it"
+        )
     target = Path(cache_dir) / weights.file_name
     if target.is_file():
-        if file_sha256(target) != weights.sha256:
-            raise ValueError(f"{target}: sha256 does not match the published {weights.sha256}; delete it to re-download")
+        if weights_sha256(target) != expected:
+            raise ValueError(f"{target}: sha256 does not match the expected {expected}; delete it to re-download")
         return target
     partial = target.with_name(target.name + ".incomplete")
     try:
@@ -64,22 +118,24 @@ def fetch_weights(weights: OfficialWeights, cache_dir: Path) -> Path:
     except (urllib.error.URLError, OSError) as error:
         partial.unlink(missing_ok=True)
         raise SamWeightsUnavailable(
-            f"no SAM checkpoint: expected {target} (or pass checkpoint=PATH); download it from {weights.url} ({error})"
+            f"no checkpoint: expected {target} (or pass checkpoint=PATH); download it from {weights.url} ({error})"
         ) from error
-    if file_sha256(partial) != weights.sha256:
+    if file_sha256(partial) != expected:
         partial.unlink()
-        raise ValueError(f"{weights.url}: downloaded file's sha256 is not the published {weights.sha256}")
+        raise ValueError(f"{weights.url}: downloaded file's sha256 is not the expected {expected}")
     partial.replace(target)
     return target
 
 
-def resolve_checkpoint(model_type: str, checkpoint: str, cache_dir: str) -> Path:
+def resolve_checkpoint(family: WeightsFamily, model: str, checkpoint: str, cache_dir: str, sha256: str = "") -> Path:
     """The checkpoint to load: the user's file if given, else the verified official one."""
     if checkpoint:
         path = Path(checkpoint)
         if not path.is_file():
-            raise FileNotFoundError(f"SAM checkpoint {path} does not exist")
+            raise FileNotFoundError(f"{family.title} checkpoint {path} does not exist")
+        if sha256 and weights_sha256(path) != sha256:
+            raise ValueError(f"{path}: sha256 does not match the expected {sha256}")
         return path
-    if model_type not in OFFICIAL_WEIGHTS:
-        raise ValueError(f"unknown SAM model {model_type!r}; choose one of {', '.join(OFFICIAL_WEIGHTS)}")
-    return fetch_weights(OFFICIAL_WEIGHTS[model_type], Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR)
+    if model not in family.weights:
+        raise ValueError(f"unknown {family.title} model {model!r}; choose one of {', '.join(family.weights)}")
+    return fetch_weights(family.weights[model], Path(cache_dir) if cache_dir else cache_root() / family.folder, sha256)

@@ -1,0 +1,50 @@
+"""`segpic masks --devices cuda:0,cuda:1`: one worker process per device, each masking whole shards.
+
+Every worker builds the generator once on its device (processes are spawned, as CUDA
+requires) and takes the next pending shard when it finishes one, so the shards, reports
+and manifest are the ones a single process writes (the device is not part of the
+settings hash).
+"""
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.generators import MaskGenerator
+from pipeline.mask_labelling import MasksConfig, ShardReport
+from pipeline.masks import run_local
+
+_worker_generator: MaskGenerator | None = None
+
+
+def _start_worker(config: MasksConfig, devices: "multiprocessing.Queue[str]") -> None:
+    """Process initializer: claim one device and build the generator on it."""
+    global _worker_generator
+    _worker_generator = config.build_generator(device=devices.get())
+
+
+def _mask_shard(config: MasksConfig, shard: Path, checksums: dict[str, str]) -> ShardReport:
+    assert _worker_generator is not None, "worker started without a generator"
+    single = replace(config, devices=())
+    with tqdm(disable=True) as quiet:
+        return run_local(single, _worker_generator, [shard], checksums, quiet)[0]
+
+
+def run_on_devices(config: MasksConfig, shards: list[Path], checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
+    """Mask `shards` with one process per entry of `config.devices`; reports in shard order."""
+    context = multiprocessing.get_context("spawn")
+    reports: dict[Path, ShardReport] = {}
+    with context.Manager() as manager:
+        devices = manager.Queue()
+        for device in config.devices:
+            devices.put(device)
+        workers = min(len(config.devices), len(shards))
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(config, devices)) as pool:
+            futures = {pool.submit(_mask_shard, config, shard, checksums): shard for shard in shards}
+            for future in as_completed(futures):
+                reports[futures[future]] = future.result()
+                progress.update(reports[futures[future]].entry.rows)
+    return [reports[shard] for shard in shards]

@@ -1,0 +1,52 @@
+"""The network side of automatic masks: what the batched engine needs from a SAM-family model.
+
+`pipeline.generators.amg_engine` makes SAM's automatic masks (point grid, filters, NMS,
+crops, label map) for any network behind `PromptableSegmenter`; adapters wrap SAM 1
+(`sam_segmenter.SamSegmenter`), SAM 2.1 and SAM 3. The engine only ever calls the three
+methods below, so an adapter decides how its network batches, casts and places tensors.
+
+Contract details the engine relies on (adapters must keep them):
+- `embed` gets crops of any sizes in one call and must return embeddings in the same order;
+  it may raise `torch.OutOfMemoryError`, after which the engine retries with fewer crops.
+- `predict_points` gets points as a float64 tensor on `device` (stock SAM computes prompt
+  coordinates in float64, and exact mode must match it bit for bit); the engine calls it
+  with `points_per_batch` prompts at a time in exact mode and all of a crop's prompts in
+  fast mode. Its results must not depend on how the prompts are split into calls.
+- `upscale` is applied only to the candidates that passed the predicted-IoU filter, so
+  it must treat every mask independently (as bilinear resizing does); it gets at most 192
+  candidates per call.
+
+How a generator uses it (see `sam.py`): `AmgEngine(segmenter, AmgSettings(...), image_batch=n,
+fast=...)`, then `engine.label_maps(images, rule)` in `generate_batch` (or `engine.masks(images)`
+for the masks themselves). `sam_family.CheckpointGenerator` / `CheckpointSettings` give the
+checkpoint, sha256 identity, device and batch-size handling; register the generator lazily in
+`pipeline/generators/__init__.py` with `register_lazy(name, module)` so the CLI starts without torch.
+"""
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class PromptableSegmenter(ABC):
+    """A SAM-family network as the batched automatic-mask engine sees it (SAM 1, SAM 2.1, SAM 3 adapters)."""
+
+    mask_threshold: float  # logit above which a pixel is in the mask (SAM: 0.0)
+    device: torch.device
+
+    @abstractmethod
+    def embed(self, crops: list[np.ndarray]) -> list[Any]:
+        """Run the image encoder on a batch of (H, W, 3) uint8 crops (sizes may differ);
+        returns one opaque per-crop embedding (on the device) for the calls below."""
+
+    @abstractmethod
+    def predict_points(self, embedding: Any, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One positive point per prompt, multimask output: points (P, 2) float xy in the crop's pixel
+        coordinates -> (low_res_logits (P, K, h, w), predicted_iou (P, K)), K = 3 for SAM."""
+
+    @abstractmethod
+    def upscale(self, embedding: Any, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """(n, h, w) low-res logits -> (n, H, W) logits at the crop's size, exactly as the stock predictor
+        post-processes them (so the engine can filter by predicted IoU before upsampling survivors)."""

@@ -1,0 +1,80 @@
+"""What the SAM-family generators (`sam`, `sam2`) share: weights, device, batch size and their settings.
+
+Each loads its network from a checkpoint on first use (a driver that only needs
+`settings_hash` never holds it) or takes an injected model (tests, benchmarks). Settings
+name the weights by sha256; where the file lives, the device and the batch size are left
+out because they do not change the masks.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from pipeline.generators.base import MaskGenerator
+from pipeline.generators.sam_weights import WeightsFamily, resolve_checkpoint, weights_sha256
+from pipeline.label_maps import LabelMapRule
+
+GPU_BATCH = 4  # images per encoder batch on a GPU; vit_h at 4 stays far below 24 GB
+MODES = ("exact", "fast")
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """Where the weights come from and where the network runs (none of it changes the masks)."""
+
+    checkpoint: str = ""
+    cache_dir: str = ""
+    sha256: str = ""
+    device: str = "auto"
+    batch_size: int = 0  # images per call; 0: GPU_BATCH on a GPU, 1 on the CPU
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0 (0: automatic), got {self.batch_size}")
+
+
+LOCAL_FIELDS = ("checkpoint", "cache_dir", "sha256", "device", "batch_size")
+
+
+def pick_device(device: str) -> torch.device:
+    """`auto` -> the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class CheckpointGenerator(MaskGenerator):
+    """A generator whose network comes from `config.checkpoint` (or the official file for `config.model`)."""
+
+    weights_family: ClassVar[WeightsFamily]
+
+    def __init__(self, config: Any, rule: LabelMapRule, injected: torch.nn.Module | None) -> None:
+        super().__init__(config, rule)
+        self.injected = injected
+        if injected is not None:
+            self.checkpoint, self._weights = None, "injected"
+            self.device = next(injected.parameters()).device
+        else:
+            self.checkpoint = resolve_checkpoint(self.weights_family, config.model, config.checkpoint, config.cache_dir, config.sha256)
+            self._weights = {"sha256": weights_sha256(self.checkpoint)}
+            self.device = pick_device(config.device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size or (GPU_BATCH if self.device.type == "cuda" else 1)
+
+    def checkpoint_path(self) -> Path:
+        assert self.checkpoint is not None, "an injected model has no checkpoint"
+        return self.checkpoint
+
+    def identity(self) -> dict[str, Any]:
+        """Which weights, by content: two files with the same name and size but other weights differ here."""
+        return {"weights": self._weights}
+
+    def settings(self) -> dict[str, Any]:
+        settings = super().settings()
+        for where in LOCAL_FIELDS:
+            settings["config"].pop(where)
+        return settings
