@@ -22,7 +22,7 @@ from segment_anything.utils.amg import mask_to_rle_pytorch
 
 from pipeline.generators import build_generator
 from pipeline.label_maps import encode_label_map, masks_to_label_map
-from pipeline.masks import decode_rgb
+from pipeline.mask_labelling import decode_rgb
 from pipeline.sample import sample_photo_paths
 
 
