@@ -177,8 +177,8 @@ def run_ray(config: MasksConfig, shards: list[Path], checksums: dict[str, str], 
     """Mask `shards` on the Ray cluster at `config.ray_address` (a local instance when empty).
 
     Through the Ray client (`ray://`) the driver's side runs as one task on the cluster,
-    which reads IMAGES and writes OUT there: both must be on storage the cluster shares
-    (as IMAGES already must be for the cluster's read tasks); paths are made absolute.
+    which reads IMAGES and writes OUT there: the cluster needs segpic installed and both
+    folders on storage it shares (as IMAGES already must be for its read tasks); paths are made absolute.
     """
     if not shards:
         return []

@@ -44,8 +44,12 @@ def test_failed_images_are_counted_apart_and_left_out_of_the_averages(tmp_path):
     stats = write_mask_stats([tmp_path / "sam"], tmp_path / "stats.json")[0]
     assert (stats.images, stats.failed, stats.regions_mean, stats.regions_median) == (3, 1, 20.0, 20.0)
     assert (stats.coverage_mean, stats.mean_iou) == (0.75, 0.5)
-    only_failures = write_mask_shard(tmp_path / "broken", [(0, 0.0, math.nan)]) or tmp_path / "broken"
-    assert json.loads(json.dumps(write_mask_stats([only_failures], tmp_path / "b.json")[0].regions_mean)) is None
+    write_mask_shard(tmp_path / "broken", [(0, 0.0, math.nan)])
+    write_mask_stats([tmp_path / "broken"], tmp_path / "only_failures.json")
+    assert json.loads((tmp_path / "only_failures.json").read_text())["broken"] == {
+        "source": "broken", "generator": "broken", "images": 1, "failed": 1, "regions_mean": None,
+        "regions_median": None, "regions_max": None, "coverage_mean": None, "mean_iou": None,
+    }
 
 
 def test_sources_with_the_same_folder_name_are_keyed_by_path(tmp_path):
