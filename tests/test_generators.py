@@ -20,7 +20,7 @@ from random_sams import photo, tiny_sam
 
 
 def test_registry_names_every_generator():
-    assert generator_names() == ["coco-panoptic", "felzenszwalb", "grid", "sam", "sam2"]
+    assert generator_names() == ["coco-panoptic", "felzenszwalb", "grid", "sam", "sam2", "sam3"]
 
 
 def test_importing_the_registry_loads_no_sam_until_a_sam_generator_is_built():

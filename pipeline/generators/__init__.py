@@ -11,6 +11,7 @@ from pipeline.generators.base import GENERATORS, MaskGenerator, build_generator,
 
 register_lazy("sam", "pipeline.generators.sam")
 register_lazy("sam2", "pipeline.generators.sam2")
+register_lazy("sam3", "pipeline.generators.sam3")
 
 __all__ = [
     "GENERATORS", "MaskGenerator", "build_generator", "generator_class", "generator_names", "register", "register_lazy",

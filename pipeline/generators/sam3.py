@@ -1,0 +1,145 @@
+"""`sam3`: SAM 3 (Meta, 2025) masks for every image, as one label map, in two modes.
+
+- `mode=points` (default): "segment everything" as SAM 1's automatic mask generator does it
+  (point grid, crops, predicted-IoU and stability filters, NMS, `min_mask_region_area`), over
+  SAM 3's instance-interactive predictor (`predict_inst`), on the batched engine
+  (`amg_engine.AmgEngine`) shared with `sam`; only the adapter (`sam3_segmenter`) differs.
+- `mode=concepts`: SAM 3's concept segmentation, once per text prompt of `prompts`
+  (comma-separated noun phrases; the default names broad kinds of things and ends with
+  "object"). Instances scoring above `confidence_threshold` are ranked by score and become a
+  partition by the same label-map rule; with `fill_with_points=true`, pixels no concept
+  covers are filled with `points` masks (cut to those pixels). mean_iou is the mean of the
+  concept scores (and, when filling, of the point masks' predicted IoUs).
+
+Weights: `checkpoint=PATH` to the `sam3.pt` of facebook/sam3 (see the README, "SAM 3 masks";
+nothing is downloaded). The file is checked against the network's parameters, and the
+vocabulary (`vocabulary=PATH`, default: CLIP's, from open-clip-torch) is checked, when the
+generator is built, so a wrong file stops the run before its first shard. Settings name
+the weights by sha256; fields a mode does not use are left out of the settings.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.generators.amg_engine import AmgEngine, AmgSettings
+from pipeline.generators.base import register
+from pipeline.generators.sam3_network import SAM3_WEIGHTS, check_checkpoint, check_vocabulary, clip_vocabulary, load_sam3
+from pipeline.generators.sam3_segmenter import Sam3Segmenter
+from pipeline.generators.sam_family import CheckpointGenerator, CheckpointSettings
+from pipeline.label_maps import LabelMapRule, MaskResult, RegionMask, masks_to_label_map
+from pipeline.manifest import file_sha256
+
+SAM3_MODES = ("points", "concepts")
+DEFAULT_PROMPTS = "person, animal, vehicle, building, furniture, plant, food, sky, ground, water, object"
+CONCEPT_FIELDS = ("prompts", "confidence_threshold", "fill_with_points")
+AMG_FIELDS = tuple(field.name for field in dataclasses.fields(AmgSettings))
+
+
+@dataclass(frozen=True)
+class Sam3Config(AmgSettings, CheckpointSettings):
+    """AMG settings (points mode, and filling in concepts mode), concept prompts, weights and device."""
+
+    mode: str = "points"
+    prompts: str = DEFAULT_PROMPTS
+    confidence_threshold: float = 0.5
+    fill_with_points: bool = False
+    vocabulary: str = ""
+
+    def __post_init__(self) -> None:
+        AmgSettings.__post_init__(self)
+        CheckpointSettings.__post_init__(self)
+        if self.mode not in SAM3_MODES:
+            raise ValueError(f"unknown sam3 mode {self.mode!r}; choose one of {', '.join(SAM3_MODES)}")
+        if self.mode == "concepts" and not self.prompt_list:
+            raise ValueError("sam3 mode=concepts needs at least one text prompt in prompts (comma-separated)")
+        if not 0.0 <= self.confidence_threshold < 1.0:
+            raise ValueError(f"confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
+
+    @property
+    def model(self) -> str:
+        """SAM 3 has one released image model (its official file: `sam_weights.SAM3_WEIGHTS`)."""
+        return "sam3"
+
+    @property
+    def prompt_list(self) -> tuple[str, ...]:
+        return tuple(prompt.strip() for prompt in self.prompts.split(",") if prompt.strip())
+
+    @property
+    def amg_settings(self) -> AmgSettings:
+        return AmgSettings(**{name: getattr(self, name) for name in AMG_FIELDS})
+
+
+@register
+class Sam3Generator(CheckpointGenerator):
+    """SAM 3 masks; coverage is the share of pixels some mask covered."""
+
+    name = "sam3"
+    Config = Sam3Config
+    weights_family = SAM3_WEIGHTS
+
+    def __init__(self, config: Sam3Config, rule: LabelMapRule = LabelMapRule(), model: torch.nn.Module | None = None) -> None:
+        super().__init__(config, rule, model)
+        self.vocabulary = check_vocabulary(Path(config.vocabulary) if config.vocabulary else clip_vocabulary())
+        self._vocabulary_sha256 = file_sha256(self.vocabulary)
+        if model is None:
+            check_checkpoint(self.checkpoint_path(), self.vocabulary)
+        self._segmenter: Sam3Segmenter | None = None
+        self._engine: AmgEngine | None = None
+
+    @property
+    def segmenter(self) -> Sam3Segmenter:
+        """Loaded on first use, so a driver that only needs `settings_hash` never holds the network."""
+        if self._segmenter is None:
+            network = self.injected if self.injected is not None else load_sam3(self.checkpoint_path(), self.vocabulary, self.device)
+            self._segmenter = Sam3Segmenter(network)
+        return self._segmenter
+
+    @property
+    def engine(self) -> AmgEngine:
+        if self._engine is None:
+            self._engine = AmgEngine(self.segmenter, self.config.amg_settings, image_batch=self.batch_size)
+        return self._engine
+
+    def identity(self) -> dict[str, Any]:
+        """The weights' and the text vocabulary's sha256 (the vocabulary decides how prompts are read)."""
+        return {**super().identity(), "vocabulary": {"sha256": self._vocabulary_sha256}}
+
+    def settings(self) -> dict[str, Any]:
+        settings = super().settings()
+        config = settings["config"]
+        unused = CONCEPT_FIELDS if self.config.mode == "points" else () if self.config.fill_with_points else AMG_FIELDS
+        for name in (*unused, "vocabulary"):
+            config.pop(name)
+        return settings
+
+    def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
+        return self.generate_batch([image], [image_id])[0]
+
+    def generate_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[MaskResult]:
+        if self.config.mode == "points":
+            return self.engine.label_maps(images, self.rule)
+        return [self._concept_label_map(image) for image in images]
+
+    def _concept_label_map(self, image: np.ndarray) -> MaskResult:
+        """Concept instances ranked by score (then points masks in the uncovered pixels) through the label-map rule."""
+        segmenter = self.segmenter
+        (embedding,) = segmenter.embed([image])
+        found = segmenter.concepts(embedding, self.config.prompt_list, self.config.confidence_threshold)
+        masks = torch.cat([concept.masks for concept in found]).cpu()
+        scores = torch.cat([concept.scores for concept in found]).cpu()
+        order = torch.argsort(scores, descending=True, stable=True).tolist()
+        regions = [RegionMask.from_full(masks[index].numpy(), float(scores[index])) for index in order]
+        if self.config.fill_with_points:
+            uncovered = ~masks.any(dim=0).numpy()
+            points = self.engine.masks([image])[0]
+            for mask, iou in zip(points.masks.cpu().numpy(), points.iou_preds.tolist()):
+                remainder = mask & uncovered
+                if remainder.any():
+                    regions.append(RegionMask.from_full(remainder, iou))
+        return masks_to_label_map(regions, image.shape[0], image.shape[1], self.rule)
