@@ -22,7 +22,9 @@ with random weights box NMS then merges most survivors). One run prints:
 
 import argparse
 import contextlib
+import json
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -183,8 +185,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="Crops per encoder call in our engine.")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in fast mode.")
     parser.add_argument("--threads", type=int, default=2)
+    add_sam3_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.sam3:
+        return sam3_comparison(args)
     torch.manual_seed(0)
     device = torch.device(args.device)
     sam = sam_model_registry[args.model]().to(device).eval()
@@ -235,6 +240,100 @@ def main() -> None:
     print(f"masks stage (exact, decode+generate+encode+write): {n / stage_s:.3f} images/s = "
           f"{exact_t.total / stage_s:.0%} of the generator's own {n / exact_t.total:.3f} images/s")
 
+
+# --- SAM 3 (`--sam3`): sam3's two modes beside sam exact mode, on the same images -----------------------------
+
+
+def add_sam3_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SAM 3 (--sam3): s/image, masks and regions per image, peak memory")
+    group.add_argument("--sam3", action="store_true", help="compare sam3 points/concepts with sam exact mode")
+    group.add_argument("--sam-model", default="vit_h", help="the sam network beside it (vit_b on a CPU)")
+    group.add_argument("--sam-checkpoint", default="", help="its weights (random when empty)")
+    group.add_argument("--sam3-checkpoint", default="", help="sam3.pt (random weights at full size when empty)")
+    group.add_argument("--sam3-small", action="store_true", help="SAM 3's builder at the tests' toy sizes (CPU runs)")
+    group.add_argument("--prompts", default="", help="concepts mode's prompts (default: the generator's)")
+    group.add_argument("--confidence", type=float, default=0.5, help="concepts mode's confidence threshold")
+    group.add_argument("--pred-iou-thresh", type=float, default=0.88, help="0 with random weights: every candidate works")
+    group.add_argument("--stability-score-thresh", type=float, default=0.95)
+
+
+def _peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:6.2f} GiB"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:6.2f} GiB RSS (process so far)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(generator, images: list[np.ndarray], device: torch.device) -> tuple[float, float, str]:
+    """(s/image, label-map regions per image, peak memory) of `generate_batch` in the generator's batch size."""
+    generator.generate_batch(images[:1], ["warm-up"])  # loads the network and warms its kernels
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    started = time.perf_counter()
+    results = []
+    for start in range(0, len(images), generator.batch_size):
+        batch = images[start : start + generator.batch_size]
+        results += generator.generate_batch(batch, [str(index) for index in range(len(batch))])
+    _sync(device)
+    seconds = (time.perf_counter() - started) / len(images)
+    return seconds, float(np.mean([result.stats.num_regions for result in results])), _peak_memory(device)
+
+
+def _masks_per_image(generator, images: list[np.ndarray]) -> float:
+    """Masks before the label map: the engine's survivors, or concept instances above the threshold (untimed)."""
+    if generator.config.mode != "concepts":
+        return float(np.mean([len(found.iou_preds) for found in generator.engine.masks(images)]))
+    segmenter, config, counts = generator.segmenter, generator.config, []
+    for image in images:
+        (embedding,) = segmenter.embed([image])
+        counts.append(sum(len(found.scores) for found in segmenter.concepts(embedding, config.prompt_list, config.confidence_threshold)))
+    return float(np.mean(counts))
+
+
+def _sam3_network(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    from pipeline.generators.sam3_network import build_sam3, clip_vocabulary, load_sam3
+
+    if args.sam3_checkpoint:
+        return load_sam3(Path(args.sam3_checkpoint), clip_vocabulary(), device)
+    if not args.sam3_small:
+        return build_sam3(clip_vocabulary(), device)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from random_sam3 import small_sam3_builder
+
+    with small_sam3_builder():
+        return build_sam3(clip_vocabulary(), device)
+
+
+def _measured(name: str, generator, images: list[np.ndarray], device: torch.device) -> tuple:
+    return (name, *_rate(generator, images, device), _masks_per_image(generator, images))
+
+
+def _sam_row(args: argparse.Namespace, images: list[np.ndarray], device: torch.device, amg: dict) -> tuple:
+    """sam exact mode's figures; its network is freed on return, before SAM 3's is built."""
+    sam = sam_model_registry[args.sam_model](checkpoint=args.sam_checkpoint or None).to(device).eval()
+    return _measured(f"sam {args.sam_model} exact", build_generator("sam", {"model": args.sam_model, **amg}, model=sam), images, device)
+
+
+def sam3_comparison(args: argparse.Namespace) -> None:
+    """One table: sam exact, sam3 points, sam3 concepts on the same images."""
+    device = torch.device(args.device)
+    images = [decode_rgb(path.read_bytes()) for path in sample_photo_paths()[: args.images]]
+    amg = dict(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh)
+    concepts = dict(mode="concepts", confidence_threshold=args.confidence, **({"prompts": args.prompts} if args.prompts else {}))
+    rows = [_sam_row(args, images, device, amg)]
+    sam3 = _sam3_network(args, device)
+    rows += [_measured(name, build_generator("sam3", options, model=sam3), images, device)
+             for name, options in (("sam3 points", amg), ("sam3 concepts", concepts))]
+    weights = "checkpoints" if args.sam_checkpoint and args.sam3_checkpoint else "random weights"
+    print(f"{len(images)} sample photos, {device}, {args.threads} threads, {weights}, points_per_side={args.points_per_side}")
+    print(f"{'generator':<18} {'s/image':>9} {'regions/image':>14}  {'peak memory':<14} {'masks/image':>12}")
+    for name, seconds, regions, memory, masks in rows:
+        print(f"{name:<18} {seconds:9.2f} {regions:14.1f}  {memory:<14} {masks:12.1f}")
 
 if __name__ == "__main__":
     main()

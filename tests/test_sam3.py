@@ -184,6 +184,17 @@ def test_concept_instances_ranked_by_score_make_the_label_map(sam3, one_torch_th
     assert ours.stats.mean_iou == pytest.approx(np.mean([score for score, _ in instances]))
 
 
+def test_fast_mode_runs_the_network_in_bf16_and_labels_every_pixel(sam3, one_torch_thread):
+    model, _ = sam3
+    image = photo(0, 64)
+    fast = build_generator("sam3", {**POINTS, "fast": "true"}, model=model)
+    (embedding,) = fast.segmenter.embed([image])
+    assert embedding.state["backbone_out"]["vision_features"].dtype == torch.bfloat16
+    result = fast.generate(image, "astronaut")
+    assert result.label_map.shape == image.shape[:2] and result.stats.num_regions >= 1
+    assert fast.settings_hash != build_generator("sam3", POINTS, model=model).settings_hash
+
+
 def test_upscale_fills_small_holes_like_the_predictor(sam3, monkeypatch):
     model, _ = sam3
     segmenter = Sam3Segmenter(model)

@@ -11,6 +11,9 @@
   covers are filled with `points` masks (cut to those pixels). mean_iou is the mean of the
   concept scores (and, when filling, of the point masks' predicted IoUs).
 
+`fast=true` runs the network under bf16 autocast and decodes all of a crop's prompts at once
+(the engine's fast mode); `fast=false` (default) keeps fp32 and `predict_inst`'s arithmetic.
+
 Weights: `checkpoint=PATH` to the `sam3.pt` of facebook/sam3 (see the README, "SAM 3 masks";
 nothing is downloaded). The file is checked against the network's parameters, and the
 vocabulary (`vocabulary=PATH`, default: CLIP's, from open-clip-torch) is checked, when the
@@ -49,6 +52,7 @@ class Sam3Config(AmgSettings, CheckpointSettings):
     prompts: str = DEFAULT_PROMPTS
     confidence_threshold: float = 0.5
     fill_with_points: bool = False
+    fast: bool = False  # bf16 autocast, as SAM 3's own examples run on GPUs; masks move slightly from fp32's
     vocabulary: str = ""
 
     def __post_init__(self) -> None:
@@ -97,13 +101,13 @@ class Sam3Generator(CheckpointGenerator):
         """Loaded on first use, so a driver that only needs `settings_hash` never holds the network."""
         if self._segmenter is None:
             network = self.injected if self.injected is not None else load_sam3(self.checkpoint_path(), self.vocabulary, self.device)
-            self._segmenter = Sam3Segmenter(network)
+            self._segmenter = Sam3Segmenter(network, fast=self.config.fast)
         return self._segmenter
 
     @property
     def engine(self) -> AmgEngine:
         if self._engine is None:
-            self._engine = AmgEngine(self.segmenter, self.config.amg_settings, image_batch=self.batch_size)
+            self._engine = AmgEngine(self.segmenter, self.config.amg_settings, image_batch=self.batch_size, fast=self.config.fast)
         return self._engine
 
     def identity(self) -> dict[str, Any]:
