@@ -273,3 +273,5 @@ def test_bad_sam3_settings_are_refused_by_name(sam3):
         build_generator("sam3", {"checkpoint": str(checkpoint), "mode": "everything"})
     with pytest.raises(ValueError, match="needs at least one text prompt"):
         build_generator("sam3", {"checkpoint": str(checkpoint), "mode": "concepts", "prompts": " , "})
+    with pytest.raises(ValueError, match="confidence_threshold must be in"):
+        build_generator("sam3", {"checkpoint": str(checkpoint), "confidence_threshold": "1.5"})

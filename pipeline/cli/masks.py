@@ -59,7 +59,7 @@ def _file_settings(reference: str) -> tuple[tuple[str, Any], ...]:
 def masks(
     images: Annotated[Path, typer.Argument(help="Image shard directory (segpic ingest).")],
     out: Annotated[Path, typer.Option(help="Mask shard directory to write (same shard names and row order).")],
-    generator: Annotated[str, typer.Option(help="sam, sam2, felzenszwalb, grid or coco-panoptic.")] = "felzenszwalb",
+    generator: Annotated[str, typer.Option(help="sam, sam2, sam3, felzenszwalb, grid or coco-panoptic.")] = "felzenszwalb",
     setting: Annotated[
         list[str] | None,
         typer.Option(
@@ -67,7 +67,9 @@ def masks(
             help="Generator setting KEY=VALUE or GENERATOR.KEY=VALUE (ignored unless GENERATOR runs), repeatable: "
             "sam.model=vit_b, sam.checkpoint=PATH (empty: official file, downloaded and verified), sam.points_per_side=16 "
             "and every AMG setting, sam.mode=fast (bf16, fused attention; agreement: benchmarks/bench_masks.py), "
-            "sam.batch_size=4; sam2.model=tiny|small|base_plus|large, sam2.checkpoint=PATH; grid.grid=4; felzenszwalb.scale=400; coco-panoptic.panoptic_dir=DIR; "
+            "sam.batch_size=4; sam2.model=tiny|small|base_plus|large, sam2.checkpoint=PATH; "
+            "sam3.checkpoint=PATH (sam3.pt), sam3.mode=points|concepts, sam3.prompts='person, dog' and every AMG setting; "
+            "grid.grid=4; felzenszwalb.scale=400; coco-panoptic.panoptic_dir=DIR; "
             "speck_area, max_regions (all).",
         ),
     ] = None,
