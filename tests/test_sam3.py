@@ -232,12 +232,14 @@ def test_settings_hash_follows_mode_prompts_and_weights(sam3, tmp_path):
     assert hash_of(device="cpu", batch_size=2) == points  # where it runs does not change the masks
 
 
-@pytest.mark.parametrize("problem", ["missing", "not torch", "other network"])
+@pytest.mark.parametrize("problem", ["missing", "not torch", "pickled objects", "other network"])
 def test_a_wrong_checkpoint_stops_before_the_first_shard_with_one_line(problem, sam3, image_shards, tmp_path):
     _, checkpoint = sam3
     bad = tmp_path / "sam3.pt"
     if problem == "not torch":
         bad.write_bytes(b"<html>Access to model facebook/sam3 is restricted</html>")
+    elif problem == "pickled objects":
+        torch.save({"model": types.SimpleNamespace(weights="run me")}, bad)
     elif problem == "other network":
         state = torch.load(checkpoint, weights_only=True)
         del state["model"]["tracker.sam_mask_decoder.iou_prediction_head.layers.0.weight"]

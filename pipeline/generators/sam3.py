@@ -67,7 +67,7 @@ class Sam3Config(AmgSettings, CheckpointSettings):
 
     @property
     def model(self) -> str:
-        """SAM 3 has one released image model (its official file: `sam_weights.SAM3_WEIGHTS`)."""
+        """SAM 3 has one released image model (its official file: `sam3_network.SAM3_WEIGHTS`)."""
         return "sam3"
 
     @property
@@ -116,11 +116,15 @@ class Sam3Generator(CheckpointGenerator):
 
     def settings(self) -> dict[str, Any]:
         settings = super().settings()
-        config = settings["config"]
-        unused = CONCEPT_FIELDS if self.config.mode == "points" else () if self.config.fill_with_points else AMG_FIELDS
-        for name in (*unused, "vocabulary"):
-            config.pop(name)
+        for name in (*self._unused_fields(), "vocabulary"):  # the vocabulary is named by content in `identity`
+            settings["config"].pop(name)
         return settings
+
+    def _unused_fields(self) -> tuple[str, ...]:
+        """Config fields that cannot change this mode's masks, left out of the settings and their hash."""
+        if self.config.mode == "points":
+            return CONCEPT_FIELDS
+        return () if self.config.fill_with_points else AMG_FIELDS
 
     def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
         return self.generate_batch([image], [image_id])[0]

@@ -11,14 +11,16 @@ The `sam3` 0.1.4 wheel needs two things that this module supplies without editin
   from the installed `open-clip-torch` package (MIT licence; the file is OpenAI CLIP's,
   MIT licence), or from a path the user gives.
 
-Weights come only from a user-supplied `sam3.pt` (the dense detector + tracker checkpoint of
-the `facebook/sam3` release); nothing is downloaded. `check_checkpoint` compares the file's
+Weights come from a user-supplied `sam3.pt` (the dense detector + tracker checkpoint of the
+gated `facebook/sam3` release, fetched with `hf download` as the README shows); the generator
+downloads nothing unless `sha256=` asks for the official file. `check_checkpoint` compares the file's
 parameter names and shapes with the architecture's, built on the meta device (no memory,
 about a second), so a wrong or truncated file fails before any image is processed.
 """
 
 import gzip
 import importlib.util
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,8 +103,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A `sam3.pt` file's tensors (memory-mapped), renamed to the image model's parameter names."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"SAM 3 checkpoint {path} holds objects other than tensors (loaded with weights_only)") from error
     except (OSError, RuntimeError, EOFError, ValueError) as error:
-        raise ValueError(f"SAM 3 checkpoint {path} is not a readable torch file ({error})") from error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__  # torch's can run to pages
+        raise ValueError(f"SAM 3 checkpoint {path} is not a readable torch file ({reason})") from error
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
