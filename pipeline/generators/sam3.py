@@ -11,8 +11,8 @@
   covers are filled with `points` masks (cut to those pixels). mean_iou is the mean of the
   concept scores (and, when filling, of the point masks' predicted IoUs).
 
-`fast=true` runs the network under bf16 autocast and decodes all of a crop's prompts at once
-(the engine's fast mode); `fast=false` (default) keeps fp32 and `predict_inst`'s arithmetic.
+`fast=true` runs the network under bf16 autocast and (on a GPU) decodes all of a crop's prompts
+at once; `fast=false` (default) keeps fp32 and `predict_inst`'s arithmetic.
 
 Weights: `checkpoint=PATH` to the `sam3.pt` of facebook/sam3 (see the README, "SAM 3 masks";
 nothing is downloaded). The file is checked against the network's parameters, and the
@@ -107,7 +107,8 @@ class Sam3Generator(CheckpointGenerator):
     @property
     def engine(self) -> AmgEngine:
         if self._engine is None:
-            self._engine = AmgEngine(self.segmenter, self.config.amg_settings, image_batch=self.batch_size, fast=self.config.fast)
+            all_prompts = self.config.fast and self.device.type == "cuda"  # on a CPU one call's memory would grow with the grid
+            self._engine = AmgEngine(self.segmenter, self.config.amg_settings, image_batch=self.batch_size, all_prompts=all_prompts)
         return self._engine
 
     def identity(self) -> dict[str, Any]:
