@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from model.training.decoding import decode_label_map
 from pipeline.cli import app
 from pipeline.generators import build_generator
-from pipeline.generators.sam3_network import DeviceRedirect, build_sam3, clip_vocabulary
+from pipeline.generators.sam3_network import DeviceRedirect, build_sam3, check_checkpoint, clip_vocabulary
 from pipeline.generators.sam3_segmenter import Sam3Segmenter
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.label_maps import LabelMapRule, RegionMask, masks_to_label_map
@@ -40,12 +40,11 @@ CONCEPTS = dict(mode="concepts", prompts="cat, object", confidence_threshold=0.2
 
 @pytest.fixture(scope="module")
 def sam3(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
-    """The small SAM 3 (seeded) and its weights as a sam3.pt; the builder stays small for the module."""
+    """The small SAM 3 (seeded) and its weights as a sam3.pt."""
     with small_sam3_builder():
         torch.manual_seed(0)
         model = build_sam3(clip_vocabulary(), torch.device("cpu"))
-        checkpoint = save_as_sam3_checkpoint(model, tmp_path_factory.mktemp("weights") / "sam3.pt")
-        yield model, checkpoint
+    return model, save_as_sam3_checkpoint(model, tmp_path_factory.mktemp("weights") / "sam3.pt")
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +69,12 @@ def settings_args(settings: dict) -> list[str]:
 
 
 def run_masks(images: Path, out: Path, checkpoint: Path, settings: dict):
+    """`segpic masks --generator sam3` with SAM 3's builder at the small sizes of the checkpoint."""
     args = ["masks", str(images), "--out", str(out), "--generator", "sam3", "--no-progress",
             "--set", f"sam3.checkpoint={checkpoint}", "--set", f"speck_area={RULE.speck_area}",
             "--set", f"max_regions={RULE.max_regions}", *settings_args(settings)]
-    return CliRunner().invoke(app, args)
+    with small_sam3_builder():
+        return CliRunner().invoke(app, args)
 
 
 def mask_rows(images: Path, masks: Path) -> list[tuple[np.ndarray, dict]]:
@@ -222,7 +223,8 @@ def test_settings_hash_follows_mode_prompts_and_weights(sam3, tmp_path):
     torch.save(state, other_weights)
 
     def hash_of(**options) -> str:
-        return build_generator("sam3", {"checkpoint": str(checkpoint), **options}).settings_hash
+        with small_sam3_builder():
+            return build_generator("sam3", {"checkpoint": str(checkpoint), **options}).settings_hash
 
     points, concepts = hash_of(), hash_of(mode="concepts")
     assert points != concepts
@@ -249,6 +251,13 @@ def test_a_wrong_checkpoint_stops_before_the_first_shard_with_one_line(problem, 
     assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1, result.output
     assert str(bad) in result.output
     assert not list((tmp_path / "masks").glob("*.parquet"))
+
+
+def test_the_published_network_is_checked_on_the_meta_device(sam3):
+    """SAM 3's real builder (860 M parameters) runs on the meta device: the small weights do not fit it."""
+    _, small_weights = sam3
+    with pytest.raises(ValueError, match=r"does not fit the image model: \d+ parameter\(s\) missing or of another shape"):
+        check_checkpoint(small_weights, clip_vocabulary())
 
 
 def test_no_checkpoint_names_where_to_get_it(image_shards, tmp_path):
