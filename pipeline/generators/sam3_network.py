@@ -86,13 +86,21 @@ def check_vocabulary(path: Path) -> Path:
     return path
 
 
+def _sam3_builder() -> Any:
+    """`sam3.model_builder` (heavy: imported only when a network is built), without the process-wide
+    TF32 switch its import flips on Ampere and newer GPUs, which would change other generators' fp32."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    import sam3.model_builder
+
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return sam3.model_builder
+
+
 def build_sam3(vocabulary: Path, device: torch.device) -> torch.nn.Module:
     """SAM 3's image model with instance interactivity, randomly initialised, built on `device`."""
-    from sam3.model_builder import build_sam3_image_model  # heavy import, only when a network is needed
-
     device = torch.device(device)
     with torch.device(device), DeviceRedirect(device):
-        model = build_sam3_image_model(
+        model = _sam3_builder().build_sam3_image_model(
             bpe_path=str(vocabulary), device=str(device), checkpoint_path=None, load_from_HF=False,
             enable_inst_interactivity=True, eval_mode=True,
         )
