@@ -22,7 +22,6 @@ with random weights box NMS then merges most survivors). One run prints:
 
 import argparse
 import contextlib
-import json
 import resource
 import sys
 import tempfile
