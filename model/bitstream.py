@@ -92,8 +92,14 @@ class CodecIdentity:
     def of(cls, model: CompressionModel) -> "CodecIdentity":
         return cls(architecture_name(model), model.N, model.M, weights_hash(model))
 
-    def describe(self) -> str:
-        return f"{self.arch} N={self.N} M={self.M} weights {self.weights_hash[:16]}"
+    def describe(self, full_hash: bool = False) -> str:
+        """One printable line (a crafted header may hold any characters)."""
+        weights = self.weights_hash if full_hash else self.weights_hash[:16]
+        return _printable(f"{self.arch} N={self.N} M={self.M} weights {weights}")
+
+
+def _printable(text: str) -> str:
+    return "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)
 
 
 @dataclass(frozen=True)
@@ -286,9 +292,10 @@ def check_decodable(
 ) -> tuple[int, int]:
     """Refuse, before any allocation, a header the model cannot or should not decode; z's shape."""
     if coded.identity != identity:
+        full = coded.identity.describe() == identity.describe()
         raise ModelMismatchError(
-            f"{source} was written by {coded.identity.describe()}, "
-            f"but the decoding model is {identity.describe()}"
+            f"{source} was written by {coded.identity.describe(full)}, "
+            f"but the decoding model is {identity.describe(full)}"
         )
     if len(coded.streams) != len(model.stream_names):
         raise SegpicFileError(
@@ -326,8 +333,15 @@ def decode_file(
     coded = SegpicFile.from_bytes(data, source)
     shape = check_decodable(coded, model, identity, source, max_pixels)
     counts = model.stream_symbol_counts(shape, coded.grid)
-    strings = [[_padded(stream, count)] for stream, count in zip(coded.streams, counts)]
-    decoded = model.decompress(strings, shape, grid=coded.grid, portable=coded.portable)
+    try:
+        strings = [[_padded(stream, count)] for stream, count in zip(coded.streams, counts)]
+        decoded = model.decompress(strings, shape, grid=coded.grid, portable=coded.portable)
+    except (MemoryError, RuntimeError) as error:  # torch reports a failed allocation as RuntimeError
+        if not isinstance(error, MemoryError) and "alloc" not in str(error) and "out of memory" not in str(error):
+            raise
+        raise SegpicFileError(
+            f"{source}: not enough memory to decode a {coded.width}x{coded.height} image (see --max-pixels)"
+        ) from error
     if coded.symbol_checksum is not None and decoded["symbol_checksums"][0] != coded.symbol_checksum:
         if not coded.portable:
             raise SymbolMismatchError(f"{source}: {DESYNC_MESSAGE}")
