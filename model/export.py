@@ -11,10 +11,10 @@ def export_published_checkpoint(checkpoint: Path, output: Path) -> None:
 
     Only SegPIC has a published layout; other architectures are refused.
     """
+    if Path(output).resolve() == Path(checkpoint).resolve():
+        raise ValueError(f"{output}: refusing to overwrite the checkpoint being exported")
     model = load_codec(checkpoint)
     arch = architecture_name(model)
     if arch != "segpic":
         raise ValueError(f"{checkpoint}: a {arch} checkpoint has no published layout (only segpic has one)")
-    if Path(output).resolve() == Path(checkpoint).resolve():
-        raise ValueError(f"{output}: refusing to overwrite the checkpoint being exported")
     save_official_checkpoint(output, model)
