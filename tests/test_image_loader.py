@@ -15,22 +15,12 @@ from pipeline.cli import app
 from pipeline.images import prepare_image
 
 from random_codecs import random_segpic
+from test_ingest import encode as encoded
+from test_ingest import rotated_jpeg
 
 RNG = np.random.default_rng(3)
 PIXELS = RNG.integers(0, 256, (70, 90, 3), dtype=np.uint8)
 GRAY = PIXELS[..., 0]
-
-
-def encoded(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def rotated_jpeg() -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return encoded(Image.fromarray(PIXELS), "JPEG", exif=exif.tobytes(), quality=95)
 
 
 def palette_with_transparency() -> bytes:
@@ -90,7 +80,7 @@ def test_compress_and_eval_see_the_pixels_ingest_stores(folder, name):
 
 def test_exif_rotation_is_applied(folder):
     loaded = as_8_bit(load_image_file(folder / "rotated.jpg"))
-    assert loaded.shape == (90, 70, 3)
+    assert loaded.shape == (128, 96, 3)
     with Image.open(io.BytesIO(rotated_jpeg())) as raw:
         unrotated = np.asarray(raw.convert("RGB"))
     assert np.array_equal(loaded, np.rot90(unrotated, k=-1))
