@@ -47,6 +47,7 @@ from PIL import Image
 from model.architectures import architecture_name
 from model.checkpoints import load_codec, weights_hash
 from model.entropy_coding import LATENT_DOWNSAMPLING
+from model.training.distributed import resolve_device
 from pipeline.images import ImageRejected, normalize_image, read_image
 
 MAGIC = b"SEGPIC"
@@ -406,7 +407,7 @@ def _write_atomically(path: Path, write) -> None:
 def compress_image_file(config: CompressConfig) -> CodingReport:
     """Image file -> `.segpic` file, with the codec from `config.checkpoint`."""
     x = load_image_file(config.image)
-    model = load_codec(config.checkpoint, device=config.device)
+    model = load_codec(config.checkpoint, device=resolve_device(config.device))
     started = time.perf_counter()
     data = encode_image(model, x, CodecIdentity.of(model), grid=config.grid, portable=config.portable)
     seconds = time.perf_counter() - started
@@ -424,7 +425,7 @@ def decompress_image_file(config: DecompressConfig) -> CodingReport:
     except OSError as error:
         raise ValueError(f"{config.segpic_file}: cannot read the file ({error})") from error
     coded = SegpicFile.from_bytes(data, str(config.segpic_file))
-    model = load_codec(config.checkpoint, device=config.device)
+    model = load_codec(config.checkpoint, device=resolve_device(config.device))
     started = time.perf_counter()
     x_hat = decode_file(
         model, data, CodecIdentity.of(model), source=str(config.segpic_file), max_pixels=config.max_pixels

@@ -12,9 +12,7 @@ of `model.portable` instead of the model itself, and report a CRC32 of each imag
 symbols (`symbol_checksums`) so a decoder that reproduces different symbols can say so.
 """
 
-import contextlib
 import zlib
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -27,7 +25,7 @@ from compressai.models.base import get_scale_table
 from compressai.ops import quantize_ste
 from torch import nn
 
-from model.portable import portable_twin
+from model.portable import native_output, perturbed_native_parameters, portable_twin  # noqa: F401 (re-exported)
 from model.layers import hyper_analysis, hyper_synthesis, slice_transform
 
 NUM_SLICES = 10
@@ -37,22 +35,6 @@ CDF_BUFFERS = {
     EntropyBottleneck: ("_quantized_cdf", "_offset", "_cdf_length"),
     GaussianConditional: ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"),
 }
-
-
-_native_parameter_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-
-@contextlib.contextmanager
-def perturbed_native_parameters(hook: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Test hook: pass every entropy parameter that published-compatible coding computes in the
-    model's own precision (hyper means/scales, slice μ/σ, refined slices) through `hook`, as a
-    machine with other rounding would compute them. Portable coding never calls it."""
-    global _native_parameter_hook
-    previous, _native_parameter_hook = _native_parameter_hook, hook
-    try:
-        yield
-    finally:
-        _native_parameter_hook = previous
 
 
 def symbol_checksums(*symbols: torch.Tensor) -> list[int]:
@@ -154,6 +136,8 @@ class ChannelAutoregressiveCodec(CompressionModel):
         "h_mean_s", "h_scale_s", "cc_mean_transforms", "cc_scale_transforms", "lrp_transforms",
         "entropy_bottleneck", "gaussian_conditional",
     )
+    # Slice transform lists whose entries beyond MAX_SUPPORT_SLICES decide no symbol.
+    support_module_names: tuple[str, ...] = ("cc_mean_transforms", "lrp_transforms")
     is_portable = False
 
     def __init__(self, N: int, M: int):
@@ -207,7 +191,7 @@ class ChannelAutoregressiveCodec(CompressionModel):
 
     def entropy_coder(self, portable: bool) -> "ChannelAutoregressiveCodec":
         """The model itself, or (portable) its float64 twin from `model.portable`."""
-        return portable_twin(self) if portable else self
+        return portable_twin(self, MAX_SUPPORT_SLICES) if portable else self
 
     def stream_symbol_counts(self, shape: tuple[int, int], grid: int) -> tuple[int, ...]:
         """Symbols in each stream of one image whose z has spatial `shape` (y is 4× z's size)."""
@@ -216,8 +200,7 @@ class ChannelAutoregressiveCodec(CompressionModel):
 
     def _coded(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor`, through the test hook when computed at native precision."""
-        hook = _native_parameter_hook
-        return tensor if hook is None or self.is_portable else hook(tensor)
+        return tensor if self.is_portable else native_output(tensor)
 
     def code_hyperlatent(self, z: torch.Tensor) -> tuple[list[bytes], torch.Tensor, torch.Tensor]:
         """(z streams, ẑ as the decoder will see it, z symbols)."""

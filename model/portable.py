@@ -12,11 +12,15 @@ one of 63 table boundaries 12% apart to flip an index: about 1e-14 per symbol.
 
 The float64 copies live in a "twin" of the model: a shallow copy whose entropy modules are
 replaced by float64 copies on the model's device, so the model's own coding methods run on
-it unchanged. The heavy analysis and synthesis transforms stay in the model's precision.
+it unchanged. The heavy analysis and synthesis transforms stay in the model's precision, and
+so do the mean and LRP transforms of the slices no later slice is conditioned on: their
+outputs only place the decoded values (ŷ = symbol + μ), they never decide a symbol or index.
 """
 
+import contextlib
 import copy
 import math
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import scipy.special
@@ -57,6 +61,52 @@ def portable_gaussian_conditional(device: torch.device) -> GaussianConditional:
     return conditional.to(device)
 
 
+_native_parameter_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@contextlib.contextmanager
+def perturbed_native_parameters(hook: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Test hook: pass every entropy parameter computed in the model's own precision (hyper
+    means/scales, slice μ/σ, refined slices; in portable mode only the μ and LRP outputs of
+    slices nothing is conditioned on) through `hook`, as a machine with other rounding would
+    compute them."""
+    global _native_parameter_hook
+    previous, _native_parameter_hook = _native_parameter_hook, hook
+    try:
+        yield
+    finally:
+        _native_parameter_hook = previous
+
+
+def native_output(tensor: torch.Tensor) -> torch.Tensor:
+    """A native-precision entropy parameter, through the test hook when one is set."""
+    hook = _native_parameter_hook
+    return tensor if hook is None else hook(tensor)
+
+
+class NativePrecision(nn.Module):
+    """A model module run in its own precision from float64 inputs, inside the twin."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return native_output(self.module(x.to(next(self.module.parameters()).dtype)))
+
+
+def _twin_module(model: nn.Module, name: str, device: torch.device, deciding_slices: int) -> nn.Module:
+    module = getattr(model, name)
+    if isinstance(module, GaussianConditional):
+        return portable_gaussian_conditional(device)
+    if name in model.support_module_names:
+        return nn.ModuleList(
+            _float64_copy(slice_module, device) if index < deciding_slices else NativePrecision(slice_module)
+            for index, slice_module in enumerate(module)
+        )
+    return _float64_copy(module, device)
+
+
 def _float64_copy(module: nn.Module, device: torch.device) -> nn.Module:
     twin = copy.deepcopy(module).to(device=device, dtype=PORTABLE_DTYPE).requires_grad_(False)
     if isinstance(twin, EntropyBottleneck):
@@ -70,8 +120,9 @@ def _version_key(model: nn.Module, names: tuple[str, ...], device: torch.device)
     return (str(device), tuple((id(tensor), tensor._version) for tensor in tensors))
 
 
-def portable_twin(model: nn.Module) -> nn.Module:
-    """The model with its `entropy_module_names` replaced by float64 copies (cached per weights)."""
+def portable_twin(model: nn.Module, deciding_slices: int) -> nn.Module:
+    """The model with its `entropy_module_names` replaced by float64 copies (cached per weights);
+    of the `support_module_names` lists only the first `deciding_slices` entries."""
     names = model.entropy_module_names
     device = next(model.parameters()).device
     key = _version_key(model, names, device)
@@ -84,9 +135,7 @@ def portable_twin(model: nn.Module) -> nn.Module:
         twin.__dict__.pop("_portable_cache", None)
         twin._rans_cache = None
         for name in names:
-            module = getattr(model, name)
-            is_gaussian = isinstance(module, GaussianConditional)
-            twin._modules[name] = portable_gaussian_conditional(device) if is_gaussian else _float64_copy(module, device)
+            twin._modules[name] = _twin_module(model, name, device, deciding_slices)
         twin.is_portable = True
     model.__dict__["_portable_cache"] = (key, twin)
     return twin

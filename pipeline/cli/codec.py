@@ -20,7 +20,7 @@ from pipeline.cli.errors import exit_on_user_error
 CheckpointOption = Annotated[
     Path, typer.Option("--checkpoint", "-c", help="Codec checkpoint (ours or the published layout).")
 ]
-DeviceOption = Annotated[str, typer.Option(help="Device for the network (cpu, cuda, cuda:1, ...).")]
+DeviceOption = Annotated[str, typer.Option(help="Device for the network: cpu, cuda, cuda:N or auto.")]
 
 
 def _report(report: CodingReport) -> str:
