@@ -157,7 +157,8 @@ class SegpicFile:
         (version,) = reader.unpack("<B", "version")
         if version not in READABLE_VERSIONS:
             raise SegpicFileError(
-                f"{source}: .segpic format version {version}, this reader knows {', '.join(map(str, READABLE_VERSIONS))}"
+                f"{source}: .segpic format version {version}, "
+                f"this reader knows {', '.join(map(str, READABLE_VERSIONS))}"
             )
         mode = reader.unpack("<B", "mode")[0] if version >= 2 else PUBLISHED_MODE
         if mode not in (PUBLISHED_MODE, PORTABLE_MODE):

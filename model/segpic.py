@@ -183,7 +183,9 @@ class SegPIC(ChannelAutoregressiveCodec):
         }
 
     @torch.inference_mode()
-    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], grid: int = 4, portable: bool = False) -> dict:
+    def decompress(
+        self, strings: list[list[bytes]], shape: tuple[int, int], grid: int = 4, portable: bool = False
+    ) -> dict:
         """x̂ (B,3,64·h_z,64·w_z), unclamped, from the four stream lists of `compress` (coded
         in the same mode), and the CRC32 of each image's decoded symbols."""
         coder = self.entropy_coder(portable)

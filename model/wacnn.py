@@ -76,7 +76,9 @@ class WACNN(ChannelAutoregressiveCodec):
         }
 
     @torch.inference_mode()
-    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], grid: int = 4, portable: bool = False) -> dict:
+    def decompress(
+        self, strings: list[list[bytes]], shape: tuple[int, int], grid: int = 4, portable: bool = False
+    ) -> dict:
         """x̂ (B,3,64·h_z,64·w_z), unclamped, and the CRC32 of each image's decoded symbols."""
         coder = self.entropy_coder(portable)
         y_strings, z_strings = strings

@@ -4,6 +4,8 @@ An untrained analysis transform produces a y that rounds to zeros, so its stream
 a single symbol; scaling the last convolution of the final attention block makes them varied.
 """
 
+import math
+
 import torch
 
 from model.segpic import SegPIC
@@ -42,12 +44,12 @@ SPREAD_SCALE_RANGE = (0.3, 150.0)
 def spread_scales(model: SegPIC | WACNN) -> SegPIC | WACNN:
     """Make the ChARM scales cover most of the scale table (untrained ones all sit at its floor):
     log-spaced biases per channel plus an amplified, data-dependent term."""
-    low, high = (float(bound) for bound in SPREAD_SCALE_RANGE)
+    low, high = (math.log10(bound) for bound in SPREAD_SCALE_RANGE)
     with torch.no_grad():
         for transform in model.cc_scale_transforms:
             last = transform[-1]
             last.weight.mul_(SPREAD_GAIN)
-            last.bias.copy_(torch.logspace(torch.log10(torch.tensor(low)), torch.log10(torch.tensor(high)), last.bias.numel()))
+            last.bias.copy_(torch.logspace(low, high, last.bias.numel()))
     return model
 
 

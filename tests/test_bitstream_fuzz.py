@@ -7,7 +7,6 @@ one clear line; a segfault, an abort, an uncaught exception or a timeout fails t
 """
 
 import dataclasses
-import os
 import struct
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from model.bitstream import DEFAULT_MAX_PIXELS, CodecIdentity, SegpicFile, encod
 from model.checkpoints import save_codec
 from pipeline.sample import sample_photo_paths
 
+from child_process import child_environment
 from random_codecs import random_segpic
 
 FILE_COUNT = 320
@@ -104,8 +104,8 @@ def crafted_files(valid: SegpicFile, rng: np.random.Generator) -> list[bytes]:
         lambda: dataclasses.replace(valid, streams=valid.streams + (garbage(int(rng.integers(0, 64))),)).to_bytes(),
         lambda: with_stream(int(rng.integers(4)), valid.streams[0][: int(rng.integers(0, 40))]).to_bytes(),
         lambda: with_stream(int(rng.integers(4)), garbage(int(rng.integers(0, 5000)))).to_bytes(),
-        lambda: with_stream(int(rng.integers(4)), pick((b"\xff", b"\x00", b"\x80")) * int(rng.integers(0, 5000))).to_bytes(),
-        lambda: dataclasses.replace(valid, streams=tuple(rng.permutation(np.array(valid.streams, dtype=object)))).to_bytes(),
+        lambda: with_stream(int(rng.integers(4)), pick((b"\xff", b"\x00", b"\x80")) * int(rng.integers(5000))).to_bytes(),
+        lambda: dataclasses.replace(valid, streams=tuple(valid.streams[i] for i in rng.permutation(4))).to_bytes(),
         lambda: dataclasses.replace(
             valid, portable=not valid.portable, symbol_checksum=int(rng.integers(2**32))
         ).to_bytes(),
@@ -125,12 +125,12 @@ def decode_all(tmp_path: Path, checkpoint: Path, folder: Path, headroom: int, ma
     """One output line per file, from a fresh decoder process under an address-space limit."""
     script = tmp_path / "decode_all.py"
     script.write_text(DECODER)
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
         [sys.executable, str(script), str(checkpoint), str(folder), str(headroom), str(max_pixels)],
-        env=environment, capture_output=True, text=True, timeout=600,
+        env=child_environment(), capture_output=True, text=True, timeout=600,
     )
-    assert result.returncode == 0, f"decoder died ({result.returncode}): {result.stdout[-3000:]} {result.stderr[-3000:]}"
+    died = f"decoder died ({result.returncode}): {result.stdout[-3000:]} {result.stderr[-3000:]}"
+    assert result.returncode == 0, died
     return result.stdout.splitlines()
 
 

@@ -3,7 +3,6 @@ reproduces other symbols stops with one clear line. Published-compatible mode is
 fail under the same perturbation, so these tests can fail."""
 
 import dataclasses
-import os
 import struct
 import subprocess
 import sys
@@ -30,11 +29,11 @@ from model.checkpoints import save_codec
 from model.entropy_coding import perturbed_native_parameters
 from pipeline.sample import sample_photo_paths
 
+from child_process import child_environment
 from random_codecs import random_segpic, random_wacnn, scales_on_table_boundaries, spread_scales
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RELATIVE_NOISE = 1e-6
-TESTS = Path(__file__).parent
 
 
 def photo(width: int = 150, height: int = 100) -> torch.Tensor:
@@ -179,7 +178,7 @@ def run_codec(tmp_path: Path, environment: dict, threads: int, *arguments: str) 
     script.write_text(DECODE_SCRIPT)
     result = subprocess.run(
         [sys.executable, str(script), arguments[0], arguments[1], str(threads), *arguments[2:]],
-        env={**os.environ, **environment, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])},
+        env=child_environment(**environment),
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -206,6 +205,7 @@ def test_portable_file_decodes_symbol_exactly_under_other_numeric_configurations
     assert "DEFAULT" in capabilities and "AVX2" in capabilities
     np.save(tmp_path / "x.npy", x.numpy())
     elsewhere = tmp_path / "elsewhere.segpic"
-    run_codec(tmp_path, {"ATEN_CPU_CAPABILITY": "default"}, 2, "encode", str(checkpoint), str(tmp_path / "x.npy"), str(elsewhere))
+    plain_kernels = {"ATEN_CPU_CAPABILITY": "default"}
+    run_codec(tmp_path, plain_kernels, 2, "encode", str(checkpoint), str(tmp_path / "x.npy"), str(elsewhere))
     assert SegpicFile.from_bytes(elsewhere.read_bytes()).symbol_checksum == SegpicFile.from_bytes(data).symbol_checksum
     assert torch.allclose(decode_file(model, elsewhere.read_bytes(), identity), reference, atol=1e-4)
