@@ -25,8 +25,8 @@ from compressai.models.base import get_scale_table
 from compressai.ops import quantize_ste
 from torch import nn
 
-from model.portable import native_output, perturbed_native_parameters, portable_twin  # noqa: F401 (re-exported)
 from model.layers import hyper_analysis, hyper_synthesis, slice_transform
+from model.portable import native_output, portable_twin
 
 NUM_SLICES = 10
 MAX_SUPPORT_SLICES = 5

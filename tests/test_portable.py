@@ -26,7 +26,7 @@ from model.bitstream import (
     image_to_tensor,
 )
 from model.checkpoints import save_codec
-from model.entropy_coding import perturbed_native_parameters
+from model.portable import perturbed_native_parameters
 from pipeline.sample import sample_photo_paths
 
 from child_process import child_environment
