@@ -14,7 +14,8 @@ Prints, for each item, the plain and the fast figure and their ratio next to the
   photograph) with random weights after `update()`, plain = plain kernels + the published
   list-based y coder patched into `model.entropy_coding`, against our published-compatible
   mode, and portable mode (float64 entropy model) against published-compatible mode, on
-  `--device` (cuda: three runs each, well under 5 minutes; `--only-codec` skips the rest).
+  `--device` (cuda: three runs each, well under 5 minutes; `--only-codec` skips the rest),
+  then the round trip: encode on `--device`, decode there and on the CPU (symbols, PSNR).
 Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1]`. One torch thread by
 default, so ratios hold on a busy machine; more threads shrink the share of the network's
 ordinary convolutions and raise the encode+decode ratio (1.14x with one thread, 1.22x with
@@ -23,6 +24,7 @@ two on a 2-core CPU).
 
 import argparse
 import contextlib
+import copy
 import os
 import subprocess
 import sys
@@ -271,6 +273,27 @@ def bench_training_step() -> None:
     )
 
 
+def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    return float(-10 * torch.log10(F.mse_loss(x_hat.clamp(0, 1).cpu(), x.cpu())))
+
+
+def cross_device_round_trip(model, image: torch.Tensor) -> None:
+    """Encode on the model's device; decode there and on a CPU copy. Portable mode must give the
+    same symbols (checksums) and pictures within 0.01 dB; published-compatible mode may not."""
+    cpu_model = copy.deepcopy(model).cpu()
+    for portable in (True, False):
+        coded = model.compress(image, portable=portable)
+        here = model.decompress(coded["strings"], coded["shape"], portable=portable)
+        on_cpu = cpu_model.decompress(coded["strings"], coded["shape"], portable=portable)
+        same = coded["symbol_checksums"] == here["symbol_checksums"] == on_cpu["symbol_checksums"]
+        quality = psnr(image, here["x_hat"]), psnr(image, on_cpu["x_hat"])
+        print(
+            f"{'portable' if portable else 'published-compatible'} round trip {image.device} -> {image.device}/cpu: "
+            f"symbols identical {same}, PSNR {quality[0]:.4f} / {quality[1]:.4f} dB "
+            f"(difference {abs(quality[0] - quality[1]):.4f} dB, target <=0.01 dB)"
+        )
+
+
 def bench_codec(device: torch.device) -> None:
     torch.manual_seed(3)
     model = build_model("segpic").eval()
@@ -293,6 +316,7 @@ def bench_codec(device: torch.device) -> None:
         f"{'encode+decode, portable mode':<45} {portable:10.4f} s   = {portable / published:5.2f}x "
         f"published-compatible mode (target <=1.25x)"
     )
+    cross_device_round_trip(model, image)
 
 
 def main(threads: int, device: torch.device, only_codec: bool) -> None:
