@@ -227,7 +227,7 @@ def load_image_file(path: Path) -> torch.Tensor:
 
 def decode_image_bytes(data: bytes, source: str) -> torch.Tensor:
     try:
-        return pixels_to_tensor(read_image(data, max_pixels=MAX_SIDE * MAX_SIDE))
+        return pixels_to_tensor(read_image(data, max_pixels=DEFAULT_MAX_PIXELS))
     except ImageRejected as error:
         raise ValueError(f"{source}: cannot read the image ({error})") from error
 
