@@ -12,8 +12,11 @@ Prints, for each item, the plain and the fast figure and their ratio next to the
   with SLIC label maps of real photographs, plain kernels patched into `model.rat`;
 - compress + decompress of `--image` (default: the first sample photograph; Kodak's
   kodim01.png for the 768×512 case) with random weights after `update()`, plain = plain kernels + the published
-  list-based y coder patched into `model.entropy_coding`.
-Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1] [--image PATH]`. One torch thread by
+  list-based y coder patched into `model.entropy_coding`, against our published-compatible
+  mode, and portable mode (float64 entropy model) against published-compatible mode, on
+  `--device` (cuda: three runs each, well under 5 minutes; `--only-codec` skips the rest),
+  then the round trip: encode on `--device`, decode there and on the CPU (symbols, PSNR).
+Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1] [--image PATH] [--device cuda]`. One torch thread by
 default, so ratios hold on a busy machine; more threads shrink the share of the network's
 ordinary convolutions and raise the encode+decode ratio (1.14x with one thread, 1.22x with
 two on a 2-core CPU).
@@ -21,6 +24,7 @@ two on a 2-core CPU).
 
 import argparse
 import contextlib
+import copy
 import os
 import subprocess
 import sys
@@ -199,15 +203,22 @@ def stopwatch(targets: list[tuple[object, str]]) -> Iterator[list[float]]:
         yield total
 
 
-def codec_time(model, image: torch.Tensor, use_plain: bool) -> tuple[float, float, list]:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def codec_time(model, image: torch.Tensor, use_plain: bool, portable: bool = False) -> tuple[float, float, list]:
     """Seconds for compress + decompress, seconds of it inside the swapped functions, the streams."""
     swapped = [(rat, "dps_conv"), (entropy_coding.ChannelAutoregressiveCodec, "rans_tables")]
     swapped += [(entropy_coding, name) for name in CODER_NAMES]
     variant = plain_kernels(with_coder=True) if use_plain else contextlib.nullcontext()
     with variant, stopwatch(swapped) as inside:
+        synchronize(image.device)
         start = time.perf_counter()
-        compressed = model.compress(image)
-        model.decompress(compressed["strings"], compressed["shape"])
+        compressed = model.compress(image, portable=portable)
+        model.decompress(compressed["strings"], compressed["shape"], portable=portable)
+        synchronize(image.device)
         return time.perf_counter() - start, inside[0], compressed["strings"]
 
 
@@ -260,34 +271,70 @@ def bench_training_step() -> None:
     )
 
 
-def bench_codec(image_path: Path) -> None:
+def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    return float(-10 * torch.log10(F.mse_loss(x_hat.clamp(0, 1).cpu(), x.cpu())))
+
+
+def cross_device_round_trip(model, image: torch.Tensor) -> None:
+    """Encode on the model's device; decode there and on a CPU copy. Portable mode must give the
+    same symbols (checksums) and pictures within 0.01 dB; published-compatible mode may not."""
+    cpu_model = copy.deepcopy(model).cpu()
+    for portable in (True, False):
+        coded = model.compress(image, portable=portable)
+        here = model.decompress(coded["strings"], coded["shape"], portable=portable)
+        on_cpu = cpu_model.decompress(coded["strings"], coded["shape"], portable=portable)
+        same = coded["symbol_checksums"] == here["symbol_checksums"] == on_cpu["symbol_checksums"]
+        quality = psnr(image, here["x_hat"]), psnr(image, on_cpu["x_hat"])
+        print(
+            f"{'portable' if portable else 'published-compatible'} round trip {image.device} -> {image.device}/cpu: "
+            f"symbols identical {same}, PSNR {quality[0]:.4f} / {quality[1]:.4f} dB "
+            f"(difference {abs(quality[0] - quality[1]):.4f} dB, target <=0.01 dB)"
+        )
+
+
+def bench_codec(image_path: Path, device: torch.device) -> None:
     torch.manual_seed(3)
     model = build_model("segpic").eval()
     model.update()
+    model.to(device)
     image, description = codec_image(image_path)
-    codec_time(model, image, use_plain=False)  # warm-up
-    plain_runs = [codec_time(model, image, use_plain=True) for _ in range(2)]
-    fast_runs = [codec_time(model, image, use_plain=False) for _ in range(2)]
+    image = image.to(device)
+    repeats = 3 if device.type == "cuda" else 1
+    for portable in (False, True):  # warm-up: allocator, kernels, the portable twin's float64 copies
+        codec_time(model, image, use_plain=False, portable=portable)
+    plain_runs = [codec_time(model, image, use_plain=True) for _ in range(repeats)]
+    fast_runs = [codec_time(model, image, use_plain=False) for _ in range(repeats)]
+    portable_runs = [codec_time(model, image, use_plain=False, portable=True) for _ in range(repeats)]
+    print(f"codec on {device}, best of {repeats} run(s); fast = our published-compatible mode")
     for column, name, target in ((0, f"encode+decode {description}", ">=2x"), (1, "  of it in DPSConv + y coder", "-")):
         report(name, min(run[column] for run in plain_runs), min(run[column] for run in fast_runs), "s", target)
     print(f"identical streams from plain and fast coding: {plain_runs[0][2] == fast_runs[0][2]}")
+    published, portable = min(run[0] for run in fast_runs), min(run[0] for run in portable_runs)
+    print(
+        f"{'encode+decode, portable mode':<45} {portable:10.4f} s   = {portable / published:5.2f}x "
+        f"published-compatible mode (target <=1.25x)"
+    )
+    cross_device_round_trip(model, image)
 
 
-def main(threads: int, image: Path) -> None:
+def main(threads: int, image: Path, device: torch.device, only_codec: bool) -> None:
     torch.set_num_threads(threads)
-    bench_dps_conv()
-    bench_pooling()
-    bench_training_step()
-    bench_codec(image)
+    if not only_codec:
+        bench_dps_conv()
+        bench_pooling()
+        bench_training_step()
+    bench_codec(image, device)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the timed parts")
     parser.add_argument("--image", type=Path, default=sample_photo_paths()[0], help="image to code (cropped to 64s)")
+    parser.add_argument("--device", default="cpu", help="device of the codec benchmark: cpu or cuda")
+    parser.add_argument("--only-codec", action="store_true", help="run the codec benchmark alone")
     parser.add_argument("--probe-dps-memory", choices=("plain", "fast"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.probe_dps_memory:
         print(probe_dps_memory(arguments.probe_dps_memory))
     else:
-        main(arguments.threads, arguments.image)
+        main(arguments.threads, arguments.image, torch.device(arguments.device), arguments.only_codec)

@@ -6,8 +6,13 @@ code, symbols and CDF indexes of all slices are gathered as int32 arrays and han
 the coder in one call, and the Gaussian CDF tables are converted to lists once per
 `update()` instead of on every call. `encode_symbols`, `decode_symbols` and
 `build_indexes` are module-level so a benchmark can swap in plain versions.
+
+`compress`/`decompress` take `portable=True` to run the entropy model on the float64 twin
+of `model.portable` instead of the model itself, and report a CRC32 of each image's coded
+symbols (`symbol_checksums`) so a decoder that reproduces different symbols can say so.
 """
 
+import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -21,6 +26,7 @@ from compressai.ops import quantize_ste
 from torch import nn
 
 from model.layers import hyper_analysis, hyper_synthesis, slice_transform
+from model.portable import native_output, portable_twin
 
 NUM_SLICES = 10
 MAX_SUPPORT_SLICES = 5
@@ -29,6 +35,26 @@ CDF_BUFFERS = {
     EntropyBottleneck: ("_quantized_cdf", "_offset", "_cdf_length"),
     GaussianConditional: ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"),
 }
+
+
+def symbol_checksums(*symbols: torch.Tensor) -> list[int]:
+    """CRC32 per image of the int32 symbols of every stream (each tensor (B, ...)), in order."""
+    checksums = []
+    for image in range(symbols[0].shape[0]):
+        crc = 0
+        for tensor in symbols:
+            crc = zlib.crc32(tensor[image].to(device="cpu", dtype=torch.int32).contiguous().numpy().tobytes(), crc)
+        checksums.append(crc)
+    return checksums
+
+
+def bottleneck_symbols(bottleneck: EntropyBottleneck, decoded: torch.Tensor) -> torch.Tensor:
+    """The symbols an EntropyBottleneck coded, recovered from its dequantised output."""
+    return torch.round(decoded - bottleneck._get_medians()).int()
+
+
+def dtype_of(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
 
 
 def coder_table_buffers(module: nn.Module) -> tuple[str, ...]:
@@ -105,6 +131,14 @@ class ChannelAutoregressiveCodec(CompressionModel):
     """
 
     stream_names: tuple[str, ...] = ("y", "z")
+    # What decides symbols and tables; portable mode swaps these for float64 copies.
+    entropy_module_names: tuple[str, ...] = (
+        "h_mean_s", "h_scale_s", "cc_mean_transforms", "cc_scale_transforms", "lrp_transforms",
+        "entropy_bottleneck", "gaussian_conditional",
+    )
+    # Slice transform lists whose entries beyond MAX_SUPPORT_SLICES decide no symbol.
+    support_module_names: tuple[str, ...] = ("cc_mean_transforms", "lrp_transforms")
+    is_portable = False
 
     def __init__(self, N: int, M: int):
         super().__init__()
@@ -155,6 +189,30 @@ class ChannelAutoregressiveCodec(CompressionModel):
                     setattr(module, buffer_name, getattr(module, buffer_name).new_empty(incoming.shape))
         return nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
 
+    def entropy_coder(self, portable: bool) -> "ChannelAutoregressiveCodec":
+        """The model itself, or (portable) its float64 twin from `model.portable`."""
+        return portable_twin(self, MAX_SUPPORT_SLICES) if portable else self
+
+    def stream_symbol_counts(self, shape: tuple[int, int], grid: int) -> tuple[int, ...]:
+        """Symbols in each stream of one image whose z has spatial `shape` (y is 4× z's size)."""
+        height, width = shape
+        return (self.M * 16 * height * width, self.N * height * width)
+
+    def _coded(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor`, through the test hook when computed at native precision."""
+        return tensor if self.is_portable else native_output(tensor)
+
+    def code_hyperlatent(self, z: torch.Tensor) -> tuple[list[bytes], torch.Tensor, torch.Tensor]:
+        """(z streams, ẑ as the decoder will see it, z symbols)."""
+        bottleneck = self.entropy_bottleneck
+        strings = bottleneck.compress(z.to(dtype_of(bottleneck)))
+        z_hat = bottleneck.decompress(strings, z.shape[-2:])
+        return strings, z_hat, bottleneck_symbols(bottleneck, z_hat)
+
+    def decode_hyperlatent(self, strings: list[bytes], shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        z_hat = self.entropy_bottleneck.decompress(strings, tuple(shape))
+        return z_hat, bottleneck_symbols(self.entropy_bottleneck, z_hat)
+
     def rans_tables(self) -> RansTables:
         """The Gaussian CDF lists, converted once per change of the conditional's tables."""
         conditional = self.gaussian_conditional
@@ -193,8 +251,16 @@ class ChannelAutoregressiveCodec(CompressionModel):
             decoded.append(self._refine(index, mean_support, quantize_ste(y_slice - mu) + mu))
         return torch.cat(decoded, dim=1), torch.cat(likelihoods, dim=1)
 
-    def slices_compress(self, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor) -> list[bytes]:
-        """One y stream per image of the batch.
+    def _coding_parameters(
+        self, index: int, means: torch.Tensor, scales: torch.Tensor, decoded: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean_support, mu, sigma = self._slice_parameters(index, means, scales, decoded)
+        return mean_support, self._coded(mu), self._coded(sigma)
+
+    def slices_compress(
+        self, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor
+    ) -> tuple[list[bytes], torch.Tensor]:
+        """One y stream per image of the batch, and the coded symbols (B,M,h,w) int32.
 
         Only the first MAX_SUPPORT_SLICES ŷ slices condition later ones, so the encoder
         (which needs no reconstruction) skips the LRP of the rest.
@@ -202,18 +268,21 @@ class ChannelAutoregressiveCodec(CompressionModel):
         decoded: list[torch.Tensor] = []
         symbols, indexes = [], []
         for index, y_slice in enumerate(y.chunk(NUM_SLICES, dim=1)):
-            mean_support, mu, sigma = self._slice_parameters(index, means, scales, decoded)
+            mean_support, mu, sigma = self._coding_parameters(index, means, scales, decoded)
             slice_symbols = self.gaussian_conditional.quantize(y_slice, "symbols", mu)
             symbols.append(slice_symbols)
             indexes.append(build_indexes(self.gaussian_conditional, sigma))
             if index < MAX_SUPPORT_SLICES:
-                decoded.append(self._refine(index, mean_support, slice_symbols + mu))
+                decoded.append(self._coded(self._refine(index, mean_support, slice_symbols + mu)))
         all_symbols, all_indexes = torch.cat(symbols, dim=1), torch.cat(indexes, dim=1)
         tables = self.rans_tables()
-        return [encode_symbols(all_symbols[b], all_indexes[b], tables) for b in range(y.shape[0])]
+        return [encode_symbols(all_symbols[b], all_indexes[b], tables) for b in range(y.shape[0])], all_symbols
 
-    def slices_decompress(self, strings: list[bytes], means: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        """ŷ (B,M,h,w) from one y stream per image, slice by slice as the encoder coded them."""
+    def slices_decompress(
+        self, strings: list[bytes], means: torch.Tensor, scales: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ŷ (B,M,h,w) from one y stream per image, slice by slice as the encoder coded them,
+        and the decoded symbols (B,M,h,w) int32."""
         tables = self.rans_tables()
         decoders = []
         for string in strings:
@@ -221,11 +290,13 @@ class ChannelAutoregressiveCodec(CompressionModel):
             decoder.set_stream(string)
             decoders.append(decoder)
         decoded: list[torch.Tensor] = []
+        symbols = []
         for index in range(NUM_SLICES):
-            mean_support, mu, sigma = self._slice_parameters(index, means, scales, decoded)
+            mean_support, mu, sigma = self._coding_parameters(index, means, scales, decoded)
             slice_indexes = build_indexes(self.gaussian_conditional, sigma)
             slice_symbols = torch.stack(
                 [decode_symbols(decoder, slice_indexes[b], tables) for b, decoder in enumerate(decoders)]
-            ).to(mu.device)
-            decoded.append(self._refine(index, mean_support, slice_symbols + mu))
-        return torch.cat(decoded, dim=1)
+            )
+            symbols.append(slice_symbols)
+            decoded.append(self._coded(self._refine(index, mean_support, slice_symbols.to(mu.device) + mu)))
+        return torch.cat(decoded, dim=1), torch.cat(symbols, dim=1)

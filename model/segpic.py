@@ -19,7 +19,13 @@ from torch import nn
 
 from model import rat
 from model.attention import AttentionBlock
-from model.entropy_coding import ChannelAutoregressiveCodec, bit_estimate
+from model.entropy_coding import (
+    ChannelAutoregressiveCodec,
+    bit_estimate,
+    bottleneck_symbols,
+    dtype_of,
+    symbol_checksums,
+)
 from model.layers import SALDown, SALUp
 
 SYNTHESIS_OUT_CHANNELS = 32
@@ -43,6 +49,11 @@ class SegPIC(ChannelAutoregressiveCodec):
     """SegPIC codec; N, M default to the published widths (N % 24 == 0, M % 40 == 0)."""
 
     stream_names = ("y", "z", "prototypes_quarter", "prototypes_sixteenth")
+    # The 1/16-scale prototypes feed the hyper path; the 1/4-scale ones only the synthesis,
+    # but their bottleneck's tables decide that stream's symbols.
+    entropy_module_names = ChannelAutoregressiveCodec.entropy_module_names + (
+        "entropy_bottleneck_b", "entropy_bottleneck_b2", "g_sb2", "dyn_dec_hyper_means", "dyn_dec_hyper_scales",
+    )
 
     def __init__(self, N: int = 192, M: int = 320):
         if N % 24 or M % 40:
@@ -131,38 +142,60 @@ class SegPIC(ChannelAutoregressiveCodec):
     def _synthesis(self, y_hat: torch.Tensor, prototypes1: torch.Tensor, m4: torch.Tensor | None) -> torch.Tensor:
         return self.g_s1(self.dyn_decoder(self.g_s0(y_hat), prototypes1, m4))
 
-    def _code_prototype_grid(self, stage: int, features: torch.Tensor, grid: int) -> tuple[list[bytes], torch.Tensor]:
-        """Code the g×g prototype grid and decode it again, as the decoder will see it."""
-        analysis, bottleneck, synthesis = self._prototype_stages()[stage]
-        strings = bottleneck.compress(analysis(F.adaptive_avg_pool2d(features, (grid, grid))))
-        return strings, synthesis(bottleneck.decompress(strings, (grid, grid)))
+    def stream_symbol_counts(self, shape: tuple[int, int], grid: int) -> tuple[int, ...]:
+        prototype_symbols = (self.N // 2) * grid * grid
+        return (*super().stream_symbol_counts(shape, grid), prototype_symbols, prototype_symbols)
 
-    def _decode_prototype_grid(self, stage: int, strings: list[bytes], grid: int) -> torch.Tensor:
+    def _code_prototype_grid(
+        self, stage: int, features: torch.Tensor, grid: int
+    ) -> tuple[list[bytes], torch.Tensor, torch.Tensor]:
+        """Code the g×g prototype grid and decode it again, as the decoder will see it:
+        (streams, P̂, symbols)."""
+        analysis, bottleneck, _ = self._prototype_stages()[stage]
+        pooled = analysis(F.adaptive_avg_pool2d(features, (grid, grid)))
+        strings = bottleneck.compress(pooled.to(dtype_of(bottleneck)))
+        return (strings, *self._decode_prototype_grid(stage, strings, grid))
+
+    def _decode_prototype_grid(self, stage: int, strings: list[bytes], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
         _, bottleneck, synthesis = self._prototype_stages()[stage]
-        return synthesis(bottleneck.decompress(strings, (grid, grid)))
+        decoded = bottleneck.decompress(strings, (grid, grid))
+        return synthesis(decoded.to(dtype_of(synthesis))), bottleneck_symbols(bottleneck, decoded)
 
     @torch.inference_mode()
-    def compress(self, x: torch.Tensor, grid: int = 4) -> dict:
-        """Streams [[y], [z], [c1], [c2]] (one entry per image) and z's spatial shape."""
+    def compress(self, x: torch.Tensor, grid: int = 4, portable: bool = False) -> dict:
+        """Streams [[y], [z], [c1], [c2]] (one entry per image), z's spatial shape and one
+        CRC32 of the coded symbols per image. `portable`: entropy model in float64
+        (`model.portable`); the default writes the published code's streams."""
         self.check_input_size(x)
+        coder = self.entropy_coder(portable)
         y1 = self.g_a1(x)
-        center_strings, prototypes1 = self._code_prototype_grid(0, y1, grid)
+        center_strings, prototypes1, center_symbols = coder._code_prototype_grid(0, y1, grid)
         y = self.g_a2(self.dyn_encoder(y1, prototypes1))
-        center2_strings, prototypes2 = self._code_prototype_grid(1, y, grid)
-        z = self.h_a(self.dyn_enc_hyper(y, prototypes2))
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        means, scales = self._hyper_synthesis(z_hat, prototypes2, None)
-        y_strings = self.slices_compress(y, means, scales)
-        return {"strings": [y_strings, z_strings, center_strings, center2_strings], "shape": z.shape[-2:]}
+        center2_strings, prototypes2, center2_symbols = coder._code_prototype_grid(1, y, grid)
+        z = self.h_a(self.dyn_enc_hyper(y, prototypes2.to(x.dtype)))
+        z_strings, z_hat, z_symbols = coder.code_hyperlatent(z)
+        means, scales = map(coder._coded, coder._hyper_synthesis(z_hat, prototypes2, None))
+        y_strings, y_symbols = coder.slices_compress(y.to(means.dtype), means, scales)
+        return {
+            "strings": [y_strings, z_strings, center_strings, center2_strings],
+            "shape": z.shape[-2:],
+            "symbol_checksums": symbol_checksums(y_symbols, z_symbols, center_symbols, center2_symbols),
+        }
 
     @torch.inference_mode()
-    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], grid: int = 4) -> dict:
-        """x̂ (B,3,64·h_z,64·w_z), unclamped, from the four stream lists of `compress`."""
+    def decompress(
+        self, strings: list[list[bytes]], shape: tuple[int, int], grid: int = 4, portable: bool = False
+    ) -> dict:
+        """x̂ (B,3,64·h_z,64·w_z), unclamped, from the four stream lists of `compress` (coded
+        in the same mode), and the CRC32 of each image's decoded symbols."""
+        coder = self.entropy_coder(portable)
         y_strings, z_strings, center_strings, center2_strings = strings
-        prototypes1 = self._decode_prototype_grid(0, center_strings, grid)
-        prototypes2 = self._decode_prototype_grid(1, center2_strings, grid)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, tuple(shape))
-        means, scales = self._hyper_synthesis(z_hat, prototypes2, None)
-        y_hat = self.slices_decompress(y_strings, means, scales)
-        return {"x_hat": self._synthesis(y_hat, prototypes1, None)}
+        prototypes1, center_symbols = coder._decode_prototype_grid(0, center_strings, grid)
+        prototypes2, center2_symbols = coder._decode_prototype_grid(1, center2_strings, grid)
+        z_hat, z_symbols = coder.decode_hyperlatent(z_strings, shape)
+        means, scales = map(coder._coded, coder._hyper_synthesis(z_hat, prototypes2, None))
+        y_hat, y_symbols = coder.slices_decompress(y_strings, means, scales)
+        return {
+            "x_hat": self._synthesis(y_hat.to(prototypes1.dtype), prototypes1, None),
+            "symbol_checksums": symbol_checksums(y_symbols, z_symbols, center_symbols, center2_symbols),
+        }

@@ -14,7 +14,7 @@ from compressai.layers import GDN
 from torch import nn
 
 from model.attention import AttentionBlock
-from model.entropy_coding import ChannelAutoregressiveCodec, bit_estimate
+from model.entropy_coding import ChannelAutoregressiveCodec, bit_estimate, dtype_of, symbol_checksums
 from model.layers import conv, deconv
 
 
@@ -60,20 +60,32 @@ class WACNN(ChannelAutoregressiveCodec):
         return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     @torch.inference_mode()
-    def compress(self, x: torch.Tensor, grid: int = 4) -> dict:
-        """Streams [[y], [z]] (one entry per image) and z's spatial shape."""
+    def compress(self, x: torch.Tensor, grid: int = 4, portable: bool = False) -> dict:
+        """Streams [[y], [z]] (one entry per image), z's spatial shape, one CRC32 of the coded
+        symbols per image; `portable` as in `SegPIC.compress`."""
         self.check_input_size(x)
+        coder = self.entropy_coder(portable)
         y = self.g_a(x)
-        z = self.h_a(y)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        y_strings = self.slices_compress(y, *self._hyper_synthesis(z_hat))
-        return {"strings": [y_strings, z_strings], "shape": z.shape[-2:]}
+        z_strings, z_hat, z_symbols = coder.code_hyperlatent(self.h_a(y))
+        means, scales = map(coder._coded, coder._hyper_synthesis(z_hat))
+        y_strings, y_symbols = coder.slices_compress(y.to(means.dtype), means, scales)
+        return {
+            "strings": [y_strings, z_strings],
+            "shape": z_hat.shape[-2:],
+            "symbol_checksums": symbol_checksums(y_symbols, z_symbols),
+        }
 
     @torch.inference_mode()
-    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], grid: int = 4) -> dict:
-        """x̂ (B,3,64·h_z,64·w_z), unclamped."""
+    def decompress(
+        self, strings: list[list[bytes]], shape: tuple[int, int], grid: int = 4, portable: bool = False
+    ) -> dict:
+        """x̂ (B,3,64·h_z,64·w_z), unclamped, and the CRC32 of each image's decoded symbols."""
+        coder = self.entropy_coder(portable)
         y_strings, z_strings = strings
-        z_hat = self.entropy_bottleneck.decompress(z_strings, tuple(shape))
-        y_hat = self.slices_decompress(y_strings, *self._hyper_synthesis(z_hat))
-        return {"x_hat": self.g_s(y_hat)}
+        z_hat, z_symbols = coder.decode_hyperlatent(z_strings, shape)
+        means, scales = map(coder._coded, coder._hyper_synthesis(z_hat))
+        y_hat, y_symbols = coder.slices_decompress(y_strings, means, scales)
+        return {
+            "x_hat": self.g_s(y_hat.to(dtype_of(self.g_s))),
+            "symbol_checksums": symbol_checksums(y_symbols, z_symbols),
+        }

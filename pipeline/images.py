@@ -17,8 +17,12 @@ The rule, applied in this order:
    (`exif-rotation`); CMYK and YCbCr/LAB are converted to RGB (`colour-mode`); 16-bit
    samples become 8-bit (`16-bit`: grayscale scaled by 255/65535, 48-bit RGB keeps the
    high byte as Pillow decodes it; 32-bit integer grayscale is read as 16-bit unless
-   every value fits in 8 bits); alpha is composited over white (`alpha`).
-   Floating-point and other exotic modes are rejected (`unsupported-mode`).
+   every value fits in 8 bits); floating-point samples become 8-bit (`float`: [0,1] data
+   scaled by 255, data beyond 1 read as 0-255, beyond 255 as 0-65535); alpha is composited
+   over white (`alpha`). Other exotic modes are rejected (`unsupported-mode`).
+
+`read_image` applies the same rules to give the pixels themselves, grayscale kept as one
+channel: what `segpic compress` and `segpic eval` code, and what ingest stores.
 """
 
 import io
@@ -35,6 +39,8 @@ KEPT_MODES = frozenset({"RGB", "L", "1"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 COLOUR_MODES = frozenset({"CMYK", "YCbCr", "LAB", "HSV"})
 WIDE_INTEGER_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+FLOAT_MODES = frozenset({"F"})
+GRAY_ALPHA_MODES = frozenset({"LA", "La"})
 
 
 @dataclass(frozen=True)
@@ -98,27 +104,75 @@ def _has_16_bit_samples(image: Image.Image) -> bool:
 
     Only visible in the decoder's raw mode (`RGB;16B`), which `load()` discards.
     """
-    return any(";16" in str(tile.args) for tile in image.tile)
+    return any(";16" in str(tile.args) for tile in getattr(image, "tile", ()))
 
 
-def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
-    """Pixels as 8-bit RGB plus the names of the fixes that took; raises for exotic modes."""
+def _scaled_to_8_bits(pixels: np.ndarray, peak: float) -> Image.Image:
+    scaled = np.clip(np.round(np.nan_to_num(pixels * (255 / peak))), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, "L")
+
+
+def _float_peak(pixels: np.ndarray) -> float:
+    """Full scale of floating-point samples: 1 for [0,1] data, else 255, else 65535."""
+    top = float(np.nanmax(pixels)) if pixels.size else 0.0
+    return next(peak for peak in (1.0, 255.0, 65535.0) if top <= peak or peak == 65535.0)
+
+
+def _to_8_bit(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Pixels as 8-bit "L" (grayscale sources) or "RGB", plus the names of the fixes that took;
+    raises for exotic modes."""
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB"), ["alpha"]
+        composited = Image.alpha_composite(background, rgba).convert("RGB")
+        return (composited.convert("L") if image.mode in GRAY_ALPHA_MODES else composited), ["alpha"]
     if image.mode in WIDE_INTEGER_MODES:
         pixels = np.asarray(image, dtype=np.int64)
         peak = 65535 if pixels.max() > 255 or image.mode != "I" else 255
-        scaled = np.clip(np.round(pixels * (255 / peak)), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, "L").convert("RGB"), ["16-bit"]
+        return _scaled_to_8_bits(pixels, peak), ["16-bit"]
+    if image.mode in FLOAT_MODES:
+        pixels = np.asarray(image, dtype=np.float64)
+        return _scaled_to_8_bits(pixels, _float_peak(pixels)), ["float"]
     if image.mode in COLOUR_MODES:
         return image.convert("RGB"), ["colour-mode"]
+    if image.mode in ("L", "1"):
+        return image.convert("L"), []
     if image.mode in KEPT_MODES or image.mode == "P":
         return image.convert("RGB"), []
     raise ImageRejected("unsupported-mode", f"pixel mode {image.mode} has no lossless 8-bit RGB form")
+
+
+def _is_rotated(image: Image.Image) -> bool:
+    return image.getexif().get(EXIF_ORIENTATION_TAG, 1) not in (0, 1)
+
+
+def _fixed_pixels(image: Image.Image, wide: bool) -> tuple[Image.Image, list[str]]:
+    """8-bit "L"/"RGB" pixels upright, with every fix named (the image is decoded already)."""
+    pixels, fixes = _to_8_bit(image)
+    if wide and "16-bit" not in fixes:
+        fixes.append("16-bit")
+    if _is_rotated(image):
+        pixels.info["exif"] = image.info.get("exif", b"")
+        pixels = ImageOps.exif_transpose(pixels)
+        fixes.append("exif-rotation")
+    return pixels, fixes
+
+
+def normalize_image(image: Image.Image) -> Image.Image:
+    """An opened image's pixels by the rules above: 8-bit "L" for grayscale sources, else "RGB"."""
+    wide = _has_16_bit_samples(image)
+    _decode_fully(image)
+    return _fixed_pixels(image, wide)[0]
+
+
+def read_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The pixels ingest would store, as 8-bit "L" for grayscale sources, else "RGB".
+
+    Raises ImageRejected for unreadable, corrupt, oversized or exotic images.
+    """
+    return normalize_image(_open(data, ImageLimits(max_pixels=max_pixels, min_side=1)))
 
 
 def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedImage:
@@ -126,17 +180,11 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
     image = _open(data, limits)
     wide = _has_16_bit_samples(image)
     _decode_fully(image)
-    rotated = image.getexif().get(EXIF_ORIENTATION_TAG, 1) not in (0, 1)
     plain_palette = image.mode == "P" and "transparency" not in image.info
-    if not rotated and not wide and (image.mode in KEPT_MODES or plain_palette):
+    if not _is_rotated(image) and not wide and (image.mode in KEPT_MODES or plain_palette):
         return PreparedImage(data, image.width, image.height, ())
-    rgb, fixes = _to_rgb(image)
-    if wide and "16-bit" not in fixes:
-        fixes.append("16-bit")
-    if rotated:
-        rgb.info["exif"] = image.info.get("exif", b"")
-        rgb = ImageOps.exif_transpose(rgb)
-        fixes.append("exif-rotation")
+    pixels, fixes = _fixed_pixels(image, wide)
+    rgb = pixels.convert("RGB")
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
     return PreparedImage(buffer.getvalue(), rgb.width, rgb.height, tuple(fixes))

@@ -4,6 +4,8 @@ An untrained analysis transform produces a y that rounds to zeros, so its stream
 a single symbol; scaling the last convolution of the final attention block makes them varied.
 """
 
+import math
+
 import torch
 
 from model.segpic import SegPIC
@@ -32,4 +34,34 @@ def random_wacnn(seed: int, N: int = 32, M: int = 40) -> WACNN:
     torch.manual_seed(seed)
     model = WACNN(N=N, M=M)
     amplify_latent(model.g_a[8])
+    return model
+
+
+SPREAD_GAIN = 100
+SPREAD_SCALE_RANGE = (0.3, 150.0)
+
+
+def spread_scales(model: SegPIC | WACNN) -> SegPIC | WACNN:
+    """Make the ChARM scales cover most of the scale table (untrained ones all sit at its floor):
+    log-spaced biases per channel plus an amplified, data-dependent term."""
+    low, high = (math.log10(bound) for bound in SPREAD_SCALE_RANGE)
+    with torch.no_grad():
+        for transform in model.cc_scale_transforms:
+            last = transform[-1]
+            last.weight.mul_(SPREAD_GAIN)
+            last.bias.copy_(torch.logspace(low, high, last.bias.numel()))
+    return model
+
+
+def scales_on_table_boundaries(model: SegPIC | WACNN) -> SegPIC | WACNN:
+    """Worst case for float32 coding: every ChARM scale equals an entry of the published scale
+    table exactly (constant per channel, all entries in turn), so any rounding difference flips
+    a CDF index. Call after `update()`."""
+    table = model.gaussian_conditional.scale_table
+    with torch.no_grad():
+        for index, transform in enumerate(model.cc_scale_transforms):
+            last = transform[-1]
+            last.weight.zero_()
+            channels = torch.arange(last.bias.numel()) + index * last.bias.numel()
+            last.bias.copy_(table[channels % (table.numel() - 1)])
     return model

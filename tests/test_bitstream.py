@@ -1,5 +1,6 @@
 """`.segpic` files: real photos of odd sizes and grayscale round-trip; damaged or foreign files fail cleanly."""
 
+import dataclasses
 import struct
 import zlib
 
@@ -57,14 +58,17 @@ def coded_photo(codec) -> bytes:
 def test_odd_sized_colour_photo_round_trips_to_its_size(codec, coded_photo):
     model, identity = codec
     image = sample_crop("coffee.png", 90, 70)
-    decoded = decode_file(model, coded_photo, identity)
-    assert decoded.shape == (1, 3, 70, 90)
-    # The decoder reproduces the encoder's eval-mode reconstruction of the padded image, cropped.
     padded = pad_to_multiple(image_to_tensor(image))
     assert padded.shape == (1, 3, 128, 128)
     with torch.no_grad():
         expected = model(padded, grid=3)["x_hat"][..., :70, :90].clamp(0, 1)
-    assert torch.equal(decoded, expected)
+    # Published-compatible mode reproduces the eval-mode reconstruction of the padded image, cropped.
+    published = encode_image(model, image, identity, grid=3, portable=False)
+    assert torch.equal(decode_file(model, published, identity), expected)
+    # Portable mode computes the entropy model in float64: the same picture up to float32 rounding.
+    decoded = decode_file(model, coded_photo, identity)
+    assert decoded.shape == (1, 3, 70, 90)
+    assert torch.allclose(decoded, expected, atol=1e-5) and not torch.equal(decoded, expected)
 
 
 def test_header_records_identity_size_grid_and_streams(codec, coded_photo):
@@ -72,6 +76,7 @@ def test_header_records_identity_size_grid_and_streams(codec, coded_photo):
     parsed = SegpicFile.from_bytes(coded_photo)
     assert parsed.identity == identity
     assert (parsed.height, parsed.width, parsed.channels, parsed.grid) == (70, 90, 3, 3)
+    assert parsed.portable and parsed.mode == "portable" and parsed.symbol_checksum is not None
     assert len(parsed.streams) == 4 and len(parsed.streams[0]) > 300
     stream_bits = 8 * sum(len(stream) for stream in parsed.streams)
     assert parsed.bits_per_pixel == pytest.approx(stream_bits / (70 * 90))
@@ -152,6 +157,6 @@ def test_eight_bit_conversion_round_trips_pixels():
 def test_stream_count_must_match_the_architecture(codec, coded_photo):
     model, identity = codec
     parsed = SegpicFile.from_bytes(coded_photo)
-    forged = SegpicFile(identity, parsed.grid, parsed.height, parsed.width, parsed.channels, parsed.streams[:2])
+    forged = dataclasses.replace(parsed, streams=parsed.streams[:2])
     with pytest.raises(SegpicFileError, match="2 streams, but segpic writes 4"):
         decode_file(model, forged.to_bytes(), identity)

@@ -100,6 +100,8 @@ def test_bpp_is_the_stream_payload_of_the_written_files(evaluated):
         assert row["stream_bytes"] == sum(len(stream) for stream in coded.streams) < len(data)
         assert (coded.height, coded.width) == (row["height"], row["width"])
         assert row["bpp"] == pytest.approx(8 * row["stream_bytes"] / (row["height"] * row["width"]), rel=1e-12)
+        assert row["file_bpp"] == pytest.approx(8 * len(data) / (row["height"] * row["width"]), rel=1e-12)
+        assert coded.mode == "portable"
         assert row["bpp"] > 0 and row["encoding_time"] > 0 and row["decoding_time"] > 0
 
 

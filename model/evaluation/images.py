@@ -4,16 +4,14 @@ Images are read lazily (each checkpoint re-reads them) so a large set never sits
 memory decoded; shard rows keep only their encoded bytes.
 """
 
-import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from model.bitstream import image_to_tensor
+from model.bitstream import decode_image_bytes
 from pipeline.shards import IMAGE_KIND, list_shards, parse_shard_name, read_rows, shard_kind
 
 # The extensions CompressAI's eval_model collects (from torchvision.datasets.folder).
@@ -35,12 +33,8 @@ class EvalImage:
         return _UNSAFE_CHARACTERS.sub("_", self.name).strip("_") or "image"
 
     def tensor(self) -> torch.Tensor:
-        """(1,C,H,W) in [0,1]; C = 1 for grayscale sources, 3 otherwise."""
-        try:
-            with Image.open(io.BytesIO(self.read_bytes())) as image:
-                return image_to_tensor(image)
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{self.origin}: cannot decode the image ({error})") from error
+        """(1,C,H,W) in [0,1], the pixels ingest would store; C = 1 for grayscale sources, 3 otherwise."""
+        return decode_image_bytes(self.read_bytes(), self.origin)
 
 
 def _folder_images(folder: Path) -> list[EvalImage]:

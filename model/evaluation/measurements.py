@@ -1,9 +1,10 @@
 """The two ways of measuring one image: a real `.segpic` file, or the entropy estimate.
 
 `coded` is the real thing: the image goes through `model.bitstream` into a `.segpic`
-file on disk and is decoded back from that file; its rate is the file's stream payload
-(header excluded, as published rates and CompressAI count it: the header names the model
-and image size, which a paper's bitstream does not carry). `entropy-estimation` runs one
+file on disk (portable mode) and is decoded back from that file; its rate `bpp` is the
+file's stream payload (header excluded, as published rates and CompressAI count it: the
+header names the model and image size, which a paper's bitstream does not carry); each
+per-image row also gives `file_bpp`, counting every byte of the file. `entropy-estimation` runs one
 forward pass and takes the rate from the likelihoods, like CompressAI's
 `--entropy-estimation`; its encode and decode times are each half the forward pass.
 """

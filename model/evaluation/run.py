@@ -83,6 +83,7 @@ def _image_row(checkpoint: Path, image: EvalImage, x: torch.Tensor, measured: Me
         "encoding_time": measured.encoding_time,
         "decoding_time": measured.decoding_time,
         "file_bytes": measured.file_bytes,
+        "file_bpp": None if measured.file_bytes is None else 8 * measured.file_bytes / (x.shape[-2] * x.shape[-1]),
         "stream_bytes": measured.stream_bytes,
     }
 
