@@ -8,12 +8,15 @@ Prints, for each item, the plain and the fast figure and their ratio next to the
   leave the resident set at once instead of lingering in malloc's heap;
 - masked average pooling forward+backward at 64 regions, batch 8, features (192, 64, 64),
   and prototype expansion the same way;
-- one full training step of the published-size model (N=192, M=320) at 256×256, batch 2,
-  with SLIC label maps of real photographs, plain kernels patched into `model.rat`;
+- one full training step of the published-size model (N=192, M=320) at 256×256 with SLIC
+  label maps of real photographs: step time and peak memory of the published-cost reference
+  (our network made as costly as the published code, see `training_step.py`), ours in fp32,
+  under bf16 autocast and compiled; `--device cuda` runs it at batch 8 and 16 (under 5 minutes
+  on one GPU), the CPU default is batch 2;
 - compress + decompress of a 768×512 image (Kodak kodim01 when present, else a sample
   photograph) with random weights after `update()`, plain = plain kernels + the published
   list-based y coder patched into `model.entropy_coding`.
-Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1]`. One torch thread by
+Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1] [--device cuda --only-training]`. One torch thread by
 default, so ratios hold on a busy machine; more threads shrink the share of the network's
 ordinary convolutions and raise the encode+decode ratio (1.14x with one thread, 1.22x with
 two on a 2-core CPU).
@@ -31,10 +34,10 @@ from unittest import mock
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from skimage.segmentation import slic
 
+import training_step
 from model import entropy_coding, plain, rat
 from model.architectures import build_model
 from pipeline.sample import sample_photo_paths
@@ -42,7 +45,9 @@ from pipeline.sample import sample_photo_paths
 KODAK_IMAGE = Path("/work/shared/datasets/kodak/kodim01.png")
 DPS_SHAPE = (2, 192, 64, 64)
 POOL_SHAPE, POOL_REGIONS = (8, 192, 64, 64), 64
-TRAIN_BATCH, TRAIN_SIZE, TRAIN_LAMBDA = 2, 256, 0.0130
+TRAIN_SIZE = 256
+MIN_TRAIN_SIZE = 192
+TRAIN_BATCHES = {"cuda": [8, 16], "cpu": [2]}
 FIXED_MMAP_THRESHOLD = "65536"
 KERNEL_NAMES = ("dps_conv", "masked_average_pool", "expand_prototypes")
 CODER_NAMES = ("build_indexes", "encode_symbols", "decode_symbols")
@@ -132,9 +137,10 @@ def expand_step(module, table: torch.Tensor, counts: torch.Tensor, labels: torch
 
 
 def photo_batch(size: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre crops of sample photographs and SLIC label maps of them (about 64 regions)."""
+    """Centre crops of sample photographs and SLIC label maps of them (about 64 regions), cycling the photos."""
     images, label_maps = [], []
-    for path in sample_photo_paths()[:count]:
+    photos = sample_photo_paths()
+    for path in (photos[i % len(photos)] for i in range(count)):
         photo = Image.open(path).convert("RGB")
         side = min(photo.size)
         left, top = (photo.width - side) // 2, (photo.height - side) // 2
@@ -142,34 +148,6 @@ def photo_batch(size: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255)
         label_maps.append(torch.from_numpy(slic(pixels, n_segments=64, start_label=0).astype(np.int64)))
     return torch.stack(images), torch.stack(label_maps)
-
-
-def training_step_time(use_plain: bool, repeats: int) -> float:
-    """Seconds for forward, loss, backward, clipping and both optimiser steps (spec §5)."""
-    torch.manual_seed(2)
-    model = build_model("segpic").train()
-    main_parameters = [p for name, p in model.named_parameters() if not name.endswith(".quantiles")]
-    aux_parameters = [p for name, p in model.named_parameters() if name.endswith(".quantiles")]
-    optimizer = torch.optim.Adam(main_parameters, lr=1e-4)
-    aux_optimizer = torch.optim.Adam(aux_parameters, lr=1e-3)
-    x, masks = photo_batch(TRAIN_SIZE, TRAIN_BATCH)
-    pixels = x.shape[0] * x.shape[2] * x.shape[3]
-
-    def step() -> None:
-        optimizer.zero_grad()
-        aux_optimizer.zero_grad()
-        output = model(x, masks)
-        bpp = sum(torch.log(lik).sum() for lik in output["likelihoods"].values()) / (-np.log(2) * pixels)
-        loss = TRAIN_LAMBDA * 255**2 * F.mse_loss(output["x_hat"], x) + bpp
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(main_parameters, 1.0)
-        optimizer.step()
-        model.aux_loss().backward()
-        aux_optimizer.step()
-
-    with plain_kernels() if use_plain else contextlib.nullcontext():
-        step()  # warm-up: allocator and Adam state
-        return best_time(step, repeats)
 
 
 def codec_image() -> tuple[torch.Tensor, str]:
@@ -253,13 +231,18 @@ def bench_pooling() -> None:
     )
 
 
-def bench_training_step() -> None:
-    report(
-        "training step, N=192 M=320, 256x256 batch 2",
-        training_step_time(use_plain=True, repeats=2),
-        training_step_time(use_plain=False, repeats=2),
-        "s", ">=1.3x",
-    )
+def bench_training_step(device: torch.device, batches: list[int], size: int, repeats: int, compiled: bool) -> None:
+    """Step time and peak memory of each mode of `training_step` (see there for the reference), row by row."""
+    modes = [mode for mode in training_step.MODES if compiled or not mode.compile]
+    print(f"training step, N=192 M=320, {size}x{size}, SLIC masks, on {device} (target >=1.3x on CPU)")
+    training_step.print_header()
+    for batch in batches:
+        images, label_maps = photo_batch(size, batch)
+        reference = None
+        for mode in modes:
+            measurement = training_step.measure(mode, (images, label_maps), device, repeats)
+            reference = measurement if mode.published else reference
+            training_step.print_row(measurement, reference)
 
 
 def bench_codec() -> None:
@@ -275,20 +258,43 @@ def bench_codec() -> None:
     print(f"identical streams from plain and fast coding: {plain_runs[0][2] == fast_runs[0][2]}")
 
 
-def main(threads: int) -> None:
+def main(
+    threads: int, device: torch.device, batches: list[int], size: int, repeats: int, compiled: bool, only_training: bool
+) -> None:
     torch.set_num_threads(threads)
-    bench_dps_conv()
-    bench_pooling()
-    bench_training_step()
-    bench_codec()
+    if not only_training:
+        bench_dps_conv()
+        bench_pooling()
+    bench_training_step(device, batches, size, repeats, compiled)
+    if not only_training:
+        bench_codec()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the timed parts")
     parser.add_argument("--probe-dps-memory", choices=("plain", "fast"), help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="device of the training-step table: cpu or cuda")
+    parser.add_argument("--train-batch", type=int, nargs="+", default=None,
+                        help=f"training-step batch sizes (default {TRAIN_BATCHES['cuda']} on cuda, {TRAIN_BATCHES['cpu']} on cpu)")
+    parser.add_argument("--train-size", type=int, default=TRAIN_SIZE, help="training crop side")
+    parser.add_argument("--train-repeats", type=int, default=None, help="timed steps per mode (best is kept)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="include the compiled mode (default: on cuda only; compiling on a CPU takes many minutes)")
+    parser.add_argument("--only-training", action="store_true", help="print the training-step table only")
     arguments = parser.parse_args()
     if arguments.probe_dps_memory:
         print(probe_dps_memory(arguments.probe_dps_memory))
     else:
-        main(arguments.threads)
+        if arguments.train_size % 64 or arguments.train_size < MIN_TRAIN_SIZE:
+            parser.error(f"--train-size must be a multiple of 64 of at least {MIN_TRAIN_SIZE} (MS-SSIM's 4 downsamplings)")
+        device = torch.device(arguments.device)
+        main(
+            arguments.threads,
+            device,
+            arguments.train_batch or TRAIN_BATCHES[device.type],
+            arguments.train_size,
+            arguments.train_repeats or (10 if device.type == "cuda" else 2),
+            device.type == "cuda" if arguments.compile is None else arguments.compile,
+            arguments.only_training,
+        )

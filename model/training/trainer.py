@@ -244,9 +244,11 @@ def train_loop(session: Session, metrics: MetricsLog | None) -> dict[str, dict[s
                 bar.update(1)
                 if values is not None:
                     tracker.add(values)
-                if _end_of_step(session, tracker, guard):
-                    shown = tracker.last["train"]
-                    bar.set_postfix(loss=f"{shown.get('loss', float('nan')):.4g}", bpp=f"{shown.get('bpp', float('nan')):.3f}")
+                finished = _end_of_step(session, tracker, guard)
+                if progress.step % config.log_every == 0 and tracker.last["train"]:
+                    logged = tracker.last["train"]  # read back only at log steps: no per-step host sync
+                    bar.set_postfix(loss=f"{logged['loss']:.4g}", bpp=f"{logged['bpp']:.3f}", refresh=False)
+                if finished:
                     break
     return tracker.last
 
