@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -150,6 +151,25 @@ def photo_batch(size: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.stack(label_maps)
 
 
+def cpu_training_peak(mode: training_step.Mode, size: int, batch: int) -> int:
+    """Peak extra resident memory of one training step, in a child whose frees reach the OS at once.
+
+    Timing stays in this process: the low mmap threshold that makes the resident set follow
+    the live tensors also makes every allocation a system call.
+    """
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": FIXED_MMAP_THRESHOLD}
+    command = [sys.executable, __file__, "--probe-training-memory", mode.name, "--train-size", str(size),
+               "--train-batch", str(batch)]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+    return int(result.stdout.split()[-1])
+
+
+def probe_training_memory(name: str, size: int, batch: int) -> int:
+    torch.set_num_threads(1)
+    mode = next(mode for mode in training_step.MODES if mode.name == name)
+    return training_step.measure(mode, photo_batch(size, batch), torch.device("cpu"), repeats=1).peak_bytes
+
+
 def codec_image() -> tuple[torch.Tensor, str]:
     path = KODAK_IMAGE if KODAK_IMAGE.is_file() else sample_photo_paths()[0]
     pixels = np.asarray(Image.open(path).convert("RGB"))
@@ -241,6 +261,8 @@ def bench_training_step(device: torch.device, batches: list[int], size: int, rep
         reference = None
         for mode in modes:
             measurement = training_step.measure(mode, (images, label_maps), device, repeats)
+            if device.type == "cpu":
+                measurement = replace(measurement, peak_bytes=cpu_training_peak(mode, size, batch))
             reference = measurement if mode.published else reference
             training_step.print_row(measurement, reference)
 
@@ -274,6 +296,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the timed parts")
     parser.add_argument("--probe-dps-memory", choices=("plain", "fast"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe-training-memory", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help="device of the training-step table: cpu or cuda")
     parser.add_argument("--train-batch", type=int, nargs="+", default=None,
                         help=f"training-step batch sizes (default {TRAIN_BATCHES['cuda']} on cuda, {TRAIN_BATCHES['cpu']} on cpu)")
@@ -285,6 +308,8 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.probe_dps_memory:
         print(probe_dps_memory(arguments.probe_dps_memory))
+    elif arguments.probe_training_memory:
+        print(probe_training_memory(arguments.probe_training_memory, arguments.train_size, arguments.train_batch[0]))
     else:
         if arguments.train_size % 64 or arguments.train_size < MIN_TRAIN_SIZE:
             parser.error(f"--train-size must be a multiple of 64 of at least {MIN_TRAIN_SIZE} (MS-SSIM's 4 downsamplings)")
