@@ -8,15 +8,18 @@ Prints, for each item, the plain and the fast figure and their ratio next to the
   leave the resident set at once instead of lingering in malloc's heap;
 - masked average pooling forward+backward at 64 regions, batch 8, features (192, 64, 64),
   and prototype expansion the same way;
-- one full training step of the published-size model (N=192, M=320) at 256×256, batch 2,
-  with SLIC label maps of real photographs, plain kernels patched into `model.rat`;
+- one full training step of the published-size model (N=192, M=320) at 256×256 with SLIC
+  label maps of real photographs: step time and peak memory of the published-cost reference
+  (our network made as costly as the published code, see `training_step.py`), ours in fp32,
+  under bf16 autocast and compiled; `--device cuda` runs it at batch 8 and 16 (under 5 minutes
+  on one GPU), the CPU default is batch 2;
 - compress + decompress of `--image` (default: the first sample photograph; Kodak's
   kodim01.png for the 768×512 case) with random weights after `update()`, plain = plain kernels + the published
   list-based y coder patched into `model.entropy_coding`, against our published-compatible
   mode, and portable mode (float64 entropy model) against published-compatible mode, on
   `--device` (cuda: three runs each, well under 5 minutes; `--only-codec` skips the rest),
   then the round trip: encode on `--device`, decode there and on the CPU (symbols, PSNR).
-Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1] [--image PATH] [--device cuda]`. One torch thread by
+Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1] [--image PATH] [--device cuda] [--only-training | --only-codec]`. One torch thread by
 default, so ratios hold on a busy machine; more threads shrink the share of the network's
 ordinary convolutions and raise the encode+decode ratio (1.14x with one thread, 1.22x with
 two on a 2-core CPU).
@@ -30,22 +33,25 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from skimage.segmentation import slic
 
+import training_step
 from model import entropy_coding, plain, rat
 from model.architectures import build_model
 from pipeline.sample import sample_photo_paths
 
 DPS_SHAPE = (2, 192, 64, 64)
 POOL_SHAPE, POOL_REGIONS = (8, 192, 64, 64), 64
-TRAIN_BATCH, TRAIN_SIZE, TRAIN_LAMBDA = 2, 256, 0.0130
+TRAIN_SIZE = 256
+MIN_TRAIN_SIZE = 192
+TRAIN_BATCHES = {"cuda": [8, 16], "cpu": [2]}
 FIXED_MMAP_THRESHOLD = "65536"
 KERNEL_NAMES = ("dps_conv", "masked_average_pool", "expand_prototypes")
 CODER_NAMES = ("build_indexes", "encode_symbols", "decode_symbols")
@@ -135,9 +141,10 @@ def expand_step(module, table: torch.Tensor, counts: torch.Tensor, labels: torch
 
 
 def photo_batch(size: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre crops of sample photographs and SLIC label maps of them (about 64 regions)."""
+    """Centre crops of sample photographs and SLIC label maps of them (about 64 regions), cycling the photos."""
     images, label_maps = [], []
-    for path in sample_photo_paths()[:count]:
+    photos = sample_photo_paths()
+    for path in (photos[i % len(photos)] for i in range(count)):
         photo = Image.open(path).convert("RGB")
         side = min(photo.size)
         left, top = (photo.width - side) // 2, (photo.height - side) // 2
@@ -147,32 +154,23 @@ def photo_batch(size: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.stack(label_maps)
 
 
-def training_step_time(use_plain: bool, repeats: int) -> float:
-    """Seconds for forward, loss, backward, clipping and both optimiser steps (spec §5)."""
-    torch.manual_seed(2)
-    model = build_model("segpic").train()
-    main_parameters = [p for name, p in model.named_parameters() if not name.endswith(".quantiles")]
-    aux_parameters = [p for name, p in model.named_parameters() if name.endswith(".quantiles")]
-    optimizer = torch.optim.Adam(main_parameters, lr=1e-4)
-    aux_optimizer = torch.optim.Adam(aux_parameters, lr=1e-3)
-    x, masks = photo_batch(TRAIN_SIZE, TRAIN_BATCH)
-    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+def cpu_training_peak(mode: training_step.Mode, size: int, batch: int) -> int:
+    """Peak extra resident memory of one training step, in a child whose frees reach the OS at once.
 
-    def step() -> None:
-        optimizer.zero_grad()
-        aux_optimizer.zero_grad()
-        output = model(x, masks)
-        bpp = sum(torch.log(lik).sum() for lik in output["likelihoods"].values()) / (-np.log(2) * pixels)
-        loss = TRAIN_LAMBDA * 255**2 * F.mse_loss(output["x_hat"], x) + bpp
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(main_parameters, 1.0)
-        optimizer.step()
-        model.aux_loss().backward()
-        aux_optimizer.step()
+    Timing stays in this process: the low mmap threshold that makes the resident set follow
+    the live tensors also makes every allocation a system call.
+    """
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": FIXED_MMAP_THRESHOLD}
+    command = [sys.executable, __file__, "--probe-training-memory", mode.name, "--train-size", str(size),
+               "--train-batch", str(batch)]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+    return int(result.stdout.split()[-1])
 
-    with plain_kernels() if use_plain else contextlib.nullcontext():
-        step()  # warm-up: allocator and Adam state
-        return best_time(step, repeats)
+
+def probe_training_memory(name: str, size: int, batch: int) -> int:
+    torch.set_num_threads(1)
+    mode = next(mode for mode in training_step.MODES if mode.name == name)
+    return training_step.measure(mode, photo_batch(size, batch), torch.device("cpu"), repeats=1).peak_bytes
 
 
 def codec_image(path: Path) -> tuple[torch.Tensor, str]:
@@ -262,13 +260,20 @@ def bench_pooling() -> None:
     )
 
 
-def bench_training_step() -> None:
-    report(
-        "training step, N=192 M=320, 256x256 batch 2",
-        training_step_time(use_plain=True, repeats=2),
-        training_step_time(use_plain=False, repeats=2),
-        "s", ">=1.3x",
-    )
+def bench_training_step(device: torch.device, batches: list[int], size: int, repeats: int, compiled: bool) -> None:
+    """Step time and peak memory of each mode of `training_step` (see there for the reference), row by row."""
+    modes = [mode for mode in training_step.MODES if compiled or not mode.compile]
+    print(f"training step, N=192 M=320, {size}x{size}, SLIC masks, on {device} (target >=1.3x on CPU)")
+    training_step.print_header()
+    for batch in batches:
+        images, label_maps = photo_batch(size, batch)
+        reference = None
+        for mode in modes:
+            measurement = training_step.measure(mode, (images, label_maps), device, repeats)
+            if device.type == "cpu":
+                measurement = replace(measurement, peak_bytes=cpu_training_peak(mode, size, batch))
+            reference = measurement if mode.published else reference
+            training_step.print_row(measurement, reference)
 
 
 def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -317,24 +322,58 @@ def bench_codec(image_path: Path, device: torch.device) -> None:
     cross_device_round_trip(model, image)
 
 
-def main(threads: int, image: Path, device: torch.device, only_codec: bool) -> None:
+def main(
+    threads: int,
+    device: torch.device,
+    image: Path,
+    training: tuple[list[int], int, int, bool] | None,
+    codec: bool,
+) -> None:
+    """`training` = (batches, size, repeats, compiled) of the training-step table, or None to skip it."""
     torch.set_num_threads(threads)
-    if not only_codec:
+    if training is not None and codec:
         bench_dps_conv()
         bench_pooling()
-        bench_training_step()
-    bench_codec(image, device)
+    if training is not None:
+        bench_training_step(device, *training)
+    if codec:
+        bench_codec(image, device)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the timed parts")
     parser.add_argument("--image", type=Path, default=sample_photo_paths()[0], help="image to code (cropped to 64s)")
-    parser.add_argument("--device", default="cpu", help="device of the codec benchmark: cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="device of the training-step table and the codec: cpu or cuda")
     parser.add_argument("--only-codec", action="store_true", help="run the codec benchmark alone")
     parser.add_argument("--probe-dps-memory", choices=("plain", "fast"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe-training-memory", help=argparse.SUPPRESS)
+    parser.add_argument("--train-batch", type=int, nargs="+", default=None,
+                        help=f"training-step batch sizes (default {TRAIN_BATCHES['cuda']} on cuda, {TRAIN_BATCHES['cpu']} on cpu)")
+    parser.add_argument("--train-size", type=int, default=TRAIN_SIZE, help="training crop side")
+    parser.add_argument("--train-repeats", type=int, default=None, help="timed steps per mode (best is kept)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="include the compiled mode (default: on cuda only; compiling on a CPU takes many minutes)")
+    parser.add_argument("--only-training", action="store_true", help="print the training-step table only")
     arguments = parser.parse_args()
     if arguments.probe_dps_memory:
         print(probe_dps_memory(arguments.probe_dps_memory))
+    elif arguments.probe_training_memory:
+        print(probe_training_memory(arguments.probe_training_memory, arguments.train_size, arguments.train_batch[0]))
     else:
-        main(arguments.threads, arguments.image, torch.device(arguments.device), arguments.only_codec)
+        if arguments.train_size % 64 or arguments.train_size < MIN_TRAIN_SIZE:
+            parser.error(f"--train-size must be a multiple of 64 of at least {MIN_TRAIN_SIZE} (MS-SSIM's 4 downsamplings)")
+        device = torch.device(arguments.device)
+        training = (
+            arguments.train_batch or TRAIN_BATCHES[device.type],
+            arguments.train_size,
+            arguments.train_repeats or (10 if device.type == "cuda" else 2),
+            device.type == "cuda" if arguments.compile is None else arguments.compile,
+        )
+        main(
+            arguments.threads,
+            device,
+            arguments.image,
+            None if arguments.only_codec else training,
+            not arguments.only_training,
+        )

@@ -25,12 +25,23 @@ FORMAT_VERSION = 1
 _RESERVED_KEYS = ("format", "format_version", "arch", "model_args", "state_dict")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj: object, path: str | Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: no half-written checkpoints."""
+    """torch.save to a temporary file beside `path`, then rename: no half-written checkpoints.
+
+    The file gets the permissions any new file of the user gets (0666 less the umask),
+    not the owner-only 0600 of `mkstemp`, so a group can share runs.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".incomplete")
     try:
+        os.chmod(handle, 0o666 & ~_current_umask())
         with os.fdopen(handle, "wb") as stream:
             torch.save(obj, stream)
         os.replace(temporary, path)
@@ -70,10 +81,15 @@ def is_our_checkpoint(checkpoint: object) -> bool:
     return isinstance(checkpoint, Mapping) and checkpoint.get("format") == CHECKPOINT_FORMAT
 
 
-def _model_from_ours(checkpoint: Mapping[str, Any], source: str) -> CompressionModel:
+def check_format_version(checkpoint: Mapping[str, Any], source: str) -> None:
+    """Refuse a checkpoint of our format written by a newer (or broken) version."""
     version = checkpoint.get("format_version")
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ValueError(f"{source}: checkpoint format version {version!r} is not supported (up to {FORMAT_VERSION})")
+
+
+def _model_from_ours(checkpoint: Mapping[str, Any], source: str) -> CompressionModel:
+    check_format_version(checkpoint, source)
     missing = [key for key in _RESERVED_KEYS if key not in checkpoint]
     if missing:
         raise ValueError(f"{source}: checkpoint lacks {', '.join(missing)}")

@@ -207,6 +207,7 @@ class RAT(nn.Module):
         u = self.conv(f)
         kernels = self.k_sp_gen(torch.cat([u, expanded], dim=1))
         k2 = self.kernel_size * self.kernel_size
-        o = dps_conv(u, kernels.view(batch, u.shape[1], k2, height, width), self.kernel_size)
+        # unflatten splits the channel dimension as a view in both layouts (channels_last included).
+        o = dps_conv(u, kernels.unflatten(1, (u.shape[1], k2)), self.kernel_size)
         o = self.k_ch_gen(o) * o
         return self.conv_out(o) + f

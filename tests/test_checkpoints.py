@@ -1,5 +1,6 @@
 """Our checkpoint format: written atomically, rebuilt from arch + model_args, hashed stably."""
 
+import os
 import pickle
 
 import numpy as np
@@ -109,3 +110,13 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
         checkpoints.save_codec(path, model, "wacnn", SMALL, extra={"epoch": 2, "callback": lambda: None})
     assert [p.name for p in tmp_path.iterdir()] == ["codec.pt"]
     assert torch.load(path, weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_checkpoints_are_written_with_the_users_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        checkpoints.save_codec(tmp_path / "codec.pt", build_model("wacnn", **SMALL), "wacnn", SMALL)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "codec.pt").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -82,7 +82,7 @@ def test_a_run_writes_checkpoint_metrics_and_dvclive_plots(shards, tmp_path):
 
 
 def test_wacnn_baseline_trains_through_the_same_loop(shards, tmp_path):
-    summary = train(tiny(shards, tmp_path, arch="wacnn", steps=2))
+    summary = train(tiny(shards, tmp_path, masks=False, arch="wacnn", steps=2))
     assert type(load_codec(tmp_path / "checkpoint.pt")).__name__ == "WACNN"
     assert math.isfinite(summary["train"]["loss"])
 
@@ -221,7 +221,7 @@ def test_metrics_in_a_git_repository_without_commits_fail_in_one_clear_line(tmp_
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="git repository with no commits yet"):
-        MetricsLog(tmp_path / "live", resume=False)
+        MetricsLog(tmp_path / "live", resume_at=None)
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):

@@ -11,6 +11,18 @@ from typing import Any
 PARTITION_GRID = "grid"
 PARTITION_MASKS_PREFIX = "masks:"
 
+EXPERIMENT_SETTINGS = (
+    "preset", "arch", "N", "M", "lmbda", "crop", "batch_size", "grid", "seed", "val_count", "nproc",
+    "lr", "aux_lr", "clip_norm", "plateau_factor", "plateau_patience",
+)
+"""Scalar settings a resumed run must share with its checkpoint (plus the data folders)."""
+
+CHANGEABLE_ON_RESUME = (
+    "lmbda", "lr", "aux_lr", "clip_norm", "plateau_factor", "plateau_patience",
+    "images", "partition", "val_images", "val_masks",
+)
+"""What `--allow-change` may change when resuming; the rest would not fit the saved weights or data order."""
+
 
 @dataclass(frozen=True)
 class Partition:
@@ -44,6 +56,7 @@ class TrainConfig:
     images: Path
     out: Path
     partition: Partition = field(default_factory=Partition)
+    preset: str = "paper"
     arch: str = "segpic"
     N: int = 192
     M: int = 320
@@ -68,9 +81,13 @@ class TrainConfig:
     log_every: int = 100
     max_nonfinite: int = 10
     resume: bool = False
+    overwrite: bool = False
+    allow_changes: tuple[str, ...] = ()
     nproc: int = 1
     device: str = "auto"
     bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
     threads: int | None = None
     live_dir: Path | None = None
     progress: bool = True
@@ -89,6 +106,15 @@ class TrainConfig:
             raise ValueError("training with masks and separate val_images needs val_masks too")
         if self.lmbda < 0:
             raise ValueError(f"lmbda must not be negative, got {self.lmbda}")
+        if self.arch == "wacnn" and (self.partition.uses_masks or self.val_masks is not None):
+            raise ValueError("--arch wacnn has no prototypes and cannot use masks: train it with --partition grid")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: choose one")
+        unknown = sorted(set(self.allow_changes) - set(CHANGEABLE_ON_RESUME))
+        if unknown:
+            raise ValueError(
+                f"--allow-change {', '.join(unknown)}: only {', '.join(CHANGEABLE_ON_RESUME)} may change on resume"
+            )
 
     @property
     def model_args(self) -> dict[str, int]:
@@ -116,10 +142,17 @@ class TrainConfig:
         }
 
     def experiment(self) -> dict[str, Any]:
-        """The settings that define the experiment; a resumed run must agree on all of them."""
-        keys = ("arch", "N", "M", "lmbda", "crop", "batch_size", "grid", "seed", "val_count", "nproc")
-        record: dict[str, Any] = {key: getattr(self, key) for key in keys}
-        record["partition"] = "masks" if self.partition.uses_masks else PARTITION_GRID
+        """The settings that define the experiment; a resumed run must agree on all of them.
+
+        Data folders are compared as absolute paths: pointing a resumed run at other images
+        or masks makes it another experiment unless `--allow-change` says so.
+        """
+        record: dict[str, Any] = {key: getattr(self, key) for key in EXPERIMENT_SETTINGS}
+        for key in ("images", "val_images", "val_masks"):
+            value = getattr(self, key)
+            record[key] = str(value.resolve()) if value is not None else None
+        masks = self.partition.masks_dir
+        record["partition"] = f"{PARTITION_MASKS_PREFIX}{masks.resolve()}" if masks is not None else PARTITION_GRID
         return record
 
 
@@ -153,4 +186,4 @@ def preset_config(preset: str, images: Path, out: Path, **overrides: Any) -> Tra
     if unknown:
         raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
     chosen = {key: value for key, value in overrides.items() if value is not None}
-    return replace(TrainConfig(images=images, out=out), **{**PRESETS[preset], **chosen})
+    return replace(TrainConfig(images=images, out=out), **{**PRESETS[preset], "preset": preset, **chosen})

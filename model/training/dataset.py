@@ -28,6 +28,9 @@ from model.training.records import (
 )
 from pipeline.label_map_format import decode_label_map
 
+LOADER_PREFETCH = 4
+"""Batches each loader worker prepares ahead."""
+
 SampleKey = tuple[int, int, int]
 """(record index, epoch, position in the epoch's global order): everything a sample depends on."""
 
@@ -214,7 +217,9 @@ class TrainingData:
     """Ids left out because the masks stage could not label them."""
 
 
-def _loader(dataset: CropDataset, batch_size: int, workers: int, sampler: Sampler | None) -> DataLoader:
+def _loader(
+    dataset: CropDataset, batch_size: int, workers: int, sampler: Sampler | None, pin_memory: bool = False
+) -> DataLoader:
     # A private generator keeps DataLoader from drawing its worker seed from the global RNG,
     # which the model's training noise uses: loaders must not perturb the training stream.
     return DataLoader(
@@ -227,12 +232,20 @@ def _loader(dataset: CropDataset, batch_size: int, workers: int, sampler: Sample
         # Workers outlive an epoch: re-spawning them (and their row-group caches) per epoch costs seconds.
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
-        pin_memory=torch.cuda.is_available(),
+        # Page-locked batches let the host-to-device copy run asynchronously (non_blocking=True).
+        pin_memory=pin_memory,
+        # Each worker keeps a few batches ready so a fast GPU step never waits on decoding.
+        prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
     )
 
 
-def build_training_data(config: TrainConfig, rank: int = 0, world_size: int = 1) -> TrainingData:
-    """Index the shards, hold out validation images and build the loaders for this rank."""
+def build_training_data(
+    config: TrainConfig, rank: int = 0, world_size: int = 1, pin_memory: bool = False
+) -> TrainingData:
+    """Index the shards, hold out validation images and build the loaders for this rank.
+
+    `pin_memory`: batches go to a GPU (page-locked host memory for asynchronous copies).
+    """
     records = index_records(config.images, config.partition.masks_dir)
     held = index_records(config.val_images, config.val_masks) if config.val_images is not None else []
     unlabelled = [record.id for record in records + held if record.unlabelled]
@@ -248,9 +261,9 @@ def build_training_data(config: TrainConfig, rank: int = 0, world_size: int = 1)
     sampler = EpochSampler(len(train_records), config.batch_size, config.seed, rank, world_size, group_of)
     cache_bytes = config.decoded_cache_mb * 2**20
     train_set = CropDataset(train_records, config.crop, config.seed, train=True, cache_bytes=cache_bytes)
-    train = _loader(train_set, config.batch_size, config.num_workers, sampler)
+    train = _loader(train_set, config.batch_size, config.num_workers, sampler, pin_memory)
     val = None
     if val_records:
         val_set = CropDataset(val_records, config.crop, config.seed, train=False, cache_bytes=cache_bytes)
-        val = _loader(val_set, config.batch_size, 0, None)
+        val = _loader(val_set, config.batch_size, 0, None, pin_memory)
     return TrainingData(train, val, sampler, unlabelled)

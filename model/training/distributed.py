@@ -5,8 +5,11 @@ already set; `spawn` sets the same variables for N local processes, so the train
 code has a single path. gloo on CPU, nccl on GPU. Only rank 0 writes files.
 """
 
+import ctypes
 import os
+import signal
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -18,6 +21,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"
 
 
 @dataclass(frozen=True)
@@ -68,12 +73,22 @@ def in_process_group() -> bool:
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks the local rank's GPU when there is one, else the CPU."""
+    """`auto` picks the local rank's GPU when there is one, else the CPU; refuses devices this run cannot use."""
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(choice)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+    try:
+        device = torch.device(choice)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {choice!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {choice}: no CUDA GPU is visible to torch here; use --device cpu or auto")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
     return device
 
 
@@ -81,6 +96,8 @@ def start(device_choice: str) -> ProcessGroup:
     """Join the process group described by the environment (or stand alone without one)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    if TORCHRUN_VARIABLE in os.environ:
+        die_with_parent(os.getppid())  # a torchrun agent killed with SIGKILL takes its workers along
     device = resolve_device(device_choice, int(os.environ.get("LOCAL_RANK", "0")))
     if world_size > 1:
         if device.type == "cuda":
@@ -100,7 +117,22 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _spawned(rank: int, function: Callable[[T], object], argument: T, world_size: int, port: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux), so no orphan keeps training.
+
+    A launcher killed with SIGKILL cannot stop its workers itself; PR_SET_PDEATHSIG makes
+    the kernel send SIGKILL to each worker instead. If the parent is already gone (it died
+    before the call), exit at once.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _spawned(rank: int, function: Callable[[T], object], argument: T, world_size: int, port: int, launcher: int) -> None:
+    die_with_parent(launcher)
     os.environ.update(
         {
             "RANK": str(rank),
@@ -114,5 +146,5 @@ def _spawned(rank: int, function: Callable[[T], object], argument: T, world_size
 
 
 def spawn(function: Callable[[T], object], argument: T, nproc: int) -> None:
-    """Run `function(argument)` in `nproc` local processes forming one process group."""
-    mp.spawn(_spawned, args=(function, argument, nproc, _free_port()), nprocs=nproc, join=True)
+    """Run `function(argument)` in `nproc` local processes forming one process group; they die with this one."""
+    mp.spawn(_spawned, args=(function, argument, nproc, _free_port(), os.getpid()), nprocs=nproc, join=True)

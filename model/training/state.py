@@ -6,14 +6,19 @@ tensors here and back on restore.
 """
 
 import random
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from model.training.config import CHANGEABLE_ON_RESUME
+
 TRAINING_STATE_FORMAT = "segpic-training-state"
-TRAINING_STATE_VERSION = 1
+TRAINING_STATE_VERSION = 2
+"""2 records learning rates, plateau settings, data folders and preset in `experiment`, and `changes`."""
+SUPPORTED_STATE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -70,6 +75,7 @@ def training_state(
     aux_optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
     experiment: dict[str, Any],
+    changes: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The checkpoint's `training` entry (model weights travel in the codec part)."""
     return {
@@ -81,7 +87,42 @@ def training_state(
         "scheduler": scheduler.state_dict(),
         "rng": capture_rng(),
         "experiment": experiment,
+        "changes": changes,
     }
+
+
+def check_state_format(state: object, source: str) -> dict[str, Any]:
+    """The training state of a checkpoint, refused unless it is one this version can resume."""
+    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
+        raise ValueError(f"{source}: not a resumable training checkpoint (no training state)")
+    version = state.get("format_version")
+    if version not in SUPPORTED_STATE_VERSIONS:
+        raise ValueError(
+            f"{source}: training state format version {version!r} cannot be resumed by this version "
+            f"(supported: {', '.join(map(str, SUPPORTED_STATE_VERSIONS))})"
+        )
+    return state
+
+
+def experiment_changes(
+    saved: dict[str, Any], current: dict[str, Any], allowed: Collection[str], source: str
+) -> dict[str, tuple[Any, Any]]:
+    """Settings that differ from the checkpoint's as {name: (old, new)}; refuses any not in `allowed`.
+
+    Settings an older checkpoint did not record are not compared.
+    """
+    changed = {key: (saved[key], value) for key, value in current.items() if key in saved and saved[key] != value}
+    refused = {key: values for key, values in changed.items() if key not in allowed}
+    if refused:
+        details = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in refused.items())
+        fixed = [key for key in refused if key not in CHANGEABLE_ON_RESUME]
+        remedy = (
+            f"{', '.join(fixed)} cannot change within a run: resume with the same value or train into a new --out"
+            if fixed
+            else "to change it deliberately pass " + " ".join(f"--allow-change {key}" for key in refused)
+        )
+        raise ValueError(f"{source}: cannot resume, the run's settings changed ({details}); {remedy}")
+    return changed
 
 
 def restore_training_state(
@@ -89,16 +130,8 @@ def restore_training_state(
     optimizer: torch.optim.Optimizer,
     aux_optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
-    experiment: dict[str, Any],
-    source: str,
 ) -> Progress:
-    """Load optimisers, scheduler and RNGs; refuse a checkpoint of a different experiment."""
-    if state.get("format") != TRAINING_STATE_FORMAT or state.get("format_version") != TRAINING_STATE_VERSION:
-        raise ValueError(f"{source}: training state has format {state.get('format')!r} v{state.get('format_version')}")
-    changed = {key: (state["experiment"].get(key), value) for key, value in experiment.items() if state["experiment"].get(key) != value}
-    if changed:
-        details = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
-        raise ValueError(f"{source}: cannot resume, the run's settings changed ({details})")
+    """Load optimisers, scheduler and RNGs from a checked state (see `check_state_format`)."""
     optimizer.load_state_dict(state["optimizer"])
     aux_optimizer.load_state_dict(state["aux_optimizer"])
     scheduler.load_state_dict(state["scheduler"])

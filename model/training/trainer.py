@@ -7,10 +7,13 @@ schedule, and writes checkpoints atomically with everything needed to resume exa
 """
 
 import contextlib
+import functools
+import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.optim import Adam
@@ -18,14 +21,21 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm import tqdm
 
 from model.architectures import build_model
-from model.checkpoints import is_our_checkpoint, save_codec, weights_hash
+from model.checkpoints import check_format_version, is_our_checkpoint, save_codec, weights_hash
 from model.official import read_weights_file
-from model.training import distributed
+from model.training import distributed, speed
 from model.training.config import TrainConfig
 from model.training.dataset import TrainingData, build_training_data, pixels_to_unit
 from model.training.metrics import MetricsLog, Tracker, psnr, read_summary, write_summary
 from model.training.objective import rate_distortion, split_parameters
-from model.training.state import Progress, restore_training_state, training_state
+from model.training.rundir import prepare_run_directory
+from model.training.state import (
+    Progress,
+    check_state_format,
+    experiment_changes,
+    restore_training_state,
+    training_state,
+)
 
 
 class NonFiniteLossError(ValueError):
@@ -66,21 +76,26 @@ class Session:
     aux_optimizer: Adam
     scheduler: ReduceLROnPlateau
     progress: Progress
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    """Settings changed on resume with --allow-change: step, setting, from, to."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on GPU when asked; a no-op on CPU so the CPU path is unchanged."""
-        enabled = self.config.bf16 and self.group.device.type == "cuda"
-        return torch.autocast(self.group.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return speed.autocast(self.group.device, self.config.bf16)
 
 
 def _inputs(session: Session, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
     images = pixels_to_unit(batch["image"].to(session.group.device, non_blocking=True))
+    images = images.contiguous(memory_format=speed.memory_format(session.config.channels_last))
     label_map = batch.get("label_map")
     return images, label_map.to(session.group.device, non_blocking=True) if label_map is not None else None
 
 
-def train_step(session: Session, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
-    """One optimisation step (main loss, clipping, then aux loss); None when skipped as non-finite."""
+def train_step(session: Session, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """One optimisation step (main loss, clipping, then aux loss); None when skipped as non-finite.
+
+    Returns the step's `LOGGED_TERMS` as one device tensor: read back only when logged,
+    so a GPU step needs no host synchronisation besides the finiteness decision.
+    """
     session.optimizer.zero_grad(set_to_none=True)
     session.aux_optimizer.zero_grad(set_to_none=True)
     images, label_map = _inputs(session, batch)
@@ -96,8 +111,7 @@ def train_step(session: Session, batch: dict[str, torch.Tensor]) -> dict[str, fl
     aux_loss.backward()
     session.group.average_gradients(session.aux_optimizer.param_groups[0]["params"])
     session.aux_optimizer.step()
-    mse = terms.mse.item()
-    return {"loss": terms.loss.item(), "bpp": terms.bpp.item(), "mse": mse, "psnr": psnr(mse), "aux_loss": aux_loss.item()}
+    return torch.stack([terms.loss, terms.bpp, terms.mse, aux_loss]).detach().float()
 
 
 @torch.no_grad()
@@ -125,42 +139,71 @@ def save_checkpoint(session: Session) -> None:
         return
     config = session.config
     state = training_state(
-        session.progress, session.optimizer, session.aux_optimizer, session.scheduler, config.experiment()
+        session.progress, session.optimizer, session.aux_optimizer, session.scheduler, config.experiment(),
+        session.changes,
     )
     save_codec(config.checkpoint_path, session.model, config.arch, config.model_args, extra={"training": state})
 
 
+def read_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint of ours holding a training state of a version this code can resume."""
+    checkpoint = read_weights_file(path)
+    if not is_our_checkpoint(checkpoint):
+        raise ValueError(f"{path}: not a resumable training checkpoint (not written by segpic train)")
+    check_format_version(checkpoint, str(path))
+    check_state_format(checkpoint.get("training"), str(path))
+    return checkpoint
+
+
+def _apply_changes(session: Session, changed: dict[str, tuple[Any, Any]]) -> None:
+    """Make allowed changes take effect (the optimisers' saved rates would win otherwise) and record them."""
+    config = session.config
+    for name, (old, new) in changed.items():
+        session.changes.append({"step": session.progress.step, "setting": name, "from": old, "to": new})
+    if "lr" in changed:
+        for group in session.optimizer.param_groups:
+            group["lr"] = config.lr
+    if "aux_lr" in changed:
+        for group in session.aux_optimizer.param_groups:
+            group["lr"] = config.aux_lr
+    session.scheduler.factor = config.plateau_factor
+    session.scheduler.patience = config.plateau_patience
+    batches = session.data.sampler.batches_per_epoch
+    if session.progress.batch_in_epoch >= batches:  # a smaller image set: its epoch is already over
+        session.progress.epoch, session.progress.batch_in_epoch = session.progress.epoch + 1, 0
+
+
 def _resume(session: Session) -> None:
     path = session.config.checkpoint_path
-    checkpoint = read_weights_file(path)
-    if not is_our_checkpoint(checkpoint) or "training" not in checkpoint:
-        raise ValueError(f"{path}: not a resumable training checkpoint (no training state)")
-    session.progress = restore_training_state(
-        checkpoint["training"],
-        session.optimizer,
-        session.aux_optimizer,
-        session.scheduler,
-        session.config.experiment(),
-        str(path),
+    checkpoint = read_training_checkpoint(path)
+    state = checkpoint["training"]
+    changed = experiment_changes(
+        state["experiment"], session.config.experiment(), session.config.allow_changes, str(path)
     )
     session.model.load_state_dict(checkpoint["state_dict"])
+    session.progress = restore_training_state(state, session.optimizer, session.aux_optimizer, session.scheduler)
+    session.changes = list(state.get("changes", []))
+    _apply_changes(session, changed)
 
 
 def open_session(config: TrainConfig, group: distributed.ProcessGroup) -> Session:
     torch.manual_seed(config.seed)
-    data = build_training_data(config, group.rank, group.world_size)
+    data = build_training_data(config, group.rank, group.world_size, pin_memory=group.device.type == "cuda")
     if group.is_main and data.unlabelled:
         named = ", ".join(data.unlabelled[:5]) + (", ..." if len(data.unlabelled) > 5 else "")
         tqdm.write(f"{len(data.unlabelled)} images left out, the masks stage could not label them: {named}", sys.stderr)
-    model = build_model(config.arch, **config.model_args).to(group.device).train()
+    model = build_model(config.arch, **config.model_args)
+    model = model.to(group.device, memory_format=speed.memory_format(config.channels_last)).train()
+    if config.bf16:
+        speed.keep_float32_islands(model, group.device.type)
     main_parameters, aux_parameters = split_parameters(model)
-    optimizer = Adam(main_parameters, lr=config.lr)
-    aux_optimizer = Adam(aux_parameters, lr=config.aux_lr)
+    optimizer = speed.adam(main_parameters, config.lr)
+    aux_optimizer = speed.adam(aux_parameters, config.aux_lr)
     scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
     session = Session(config, group, data, model, model, optimizer, aux_optimizer, scheduler, Progress())
     if config.resume and config.checkpoint_path.is_file():
         _resume(session)
-    session.network = group.wrap(model)
+    session.network = speed.compiled(group.wrap(model), config.compile)
     return session
 
 
@@ -201,36 +244,77 @@ def train_loop(session: Session, metrics: MetricsLog | None) -> dict[str, dict[s
                 bar.update(1)
                 if values is not None:
                     tracker.add(values)
-                    bar.set_postfix(loss=f"{values['loss']:.4g}", bpp=f"{values['bpp']:.3f}", refresh=False)
-                if _end_of_step(session, tracker, guard):
+                finished = _end_of_step(session, tracker, guard)
+                if progress.step % config.log_every == 0 and tracker.last["train"]:
+                    logged = tracker.last["train"]  # read back only at log steps: no per-step host sync
+                    bar.set_postfix(loss=f"{logged['loss']:.4g}", bpp=f"{logged['bpp']:.3f}", refresh=False)
+                if finished:
                     break
     return tracker.last
 
 
-def run(config: TrainConfig) -> dict:
-    """Train in this process (alone, or as one rank of a torchrun/spawned group); rank 0 returns the summary."""
+def finished_summary(config: TrainConfig) -> dict | None:
+    """The untouched summary of a resumed run that already reached `config.steps`, else None.
+
+    Only a run whose metrics.json matches its checkpoint's step counts as finished; a run
+    killed between its last checkpoint and its summary is completed the normal way.
+    """
+    if not (config.resume and config.metrics_path.is_file() and config.checkpoint_path.is_file()):
+        return None
+    step = read_training_checkpoint(config.checkpoint_path)["training"]["progress"]["step"]
+    summary = read_summary(config.metrics_path)
+    if step < config.steps or summary.get("step") != step:
+        return None
+    return {**summary, "already_finished": True}
+
+
+def _summary(session: Session, last: dict[str, dict[str, float]], seconds: float) -> dict:
+    """metrics.json: final means and the settings really in effect (resolved device, current rates, changes)."""
+    config, group = session.config, session.group
+    return {
+        **last,
+        "step": session.progress.step,
+        "nonfinite_steps": session.progress.nonfinite_steps,
+        "world_size": group.world_size,
+        "seconds": seconds,
+        "checkpoint": str(config.checkpoint_path),
+        "weights_hash": weights_hash(session.model),
+        "config": {**config.record(), "device": str(group.device)},
+        "in_effect": {
+            "lr": session.optimizer.param_groups[0]["lr"],
+            "aux_lr": session.aux_optimizer.param_groups[0]["lr"],
+            "torch_threads": torch.get_num_threads(),
+        },
+        "changes": session.changes,
+    }
+
+
+def run(config: TrainConfig, prepared: bool = False) -> dict:
+    """Train in this process (alone, or as one rank of a torchrun/spawned group); rank 0 returns the summary.
+
+    `prepared`: the launcher already checked the device and the run directory.
+    """
+    if not prepared:
+        distributed.resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        if int(os.environ.get("RANK", "0")) == 0:  # other ranks would see rank 0's first files as another run
+            prepare_run_directory(config)
+        finished = finished_summary(config)
+        if finished is not None:
+            return finished
     if config.threads:
         torch.set_num_threads(config.threads)
     group = distributed.start(config.device)
     started = time.monotonic()
     try:
         session = open_session(config, group)
-        metrics = MetricsLog(config.metrics_dir, resume=config.resume) if group.is_main else None
+        resumed = config.resume and config.checkpoint_path.is_file()
+        metrics = MetricsLog(config.metrics_dir, session.progress.step if resumed else None) if group.is_main else None
         try:
             last = train_loop(session, metrics)
         finally:
             if metrics:
                 metrics.close()
-        summary = {
-            **last,
-            "step": session.progress.step,
-            "nonfinite_steps": session.progress.nonfinite_steps,
-            "world_size": group.world_size,
-            "seconds": time.monotonic() - started,
-            "checkpoint": str(config.checkpoint_path),
-            "weights_hash": weights_hash(session.model),
-            "config": config.record(),
-        }
+        summary = _summary(session, last, time.monotonic() - started)
         if group.is_main:
             write_summary(config.metrics_path, summary)
         return summary
@@ -239,8 +323,17 @@ def run(config: TrainConfig) -> dict:
 
 
 def train(config: TrainConfig) -> dict:
-    """Entry point of `segpic train`: spawns `config.nproc` local processes unless already inside a group."""
-    if config.nproc > 1 and not distributed.in_process_group():
-        distributed.spawn(run, config, config.nproc)
-        return read_summary(config.metrics_path)
-    return run(config)
+    """Entry point of `segpic train`: spawns `config.nproc` local processes unless already inside a group.
+
+    The launcher checks the device and the run directory first, so a wrong option fails
+    once, in one line, before any process starts.
+    """
+    if distributed.in_process_group() or config.nproc == 1:
+        return run(config)
+    distributed.resolve_device(config.device)
+    prepare_run_directory(config)
+    finished = finished_summary(config)
+    if finished is not None:
+        return finished
+    distributed.spawn(functools.partial(run, prepared=True), config, config.nproc)
+    return read_summary(config.metrics_path)

@@ -34,10 +34,18 @@ def train(
     val_count: Annotated[int | None, typer.Option(help="Images held out for validation without --val-images.")] = None,
     val_every: Annotated[int | None, typer.Option(help="Validate every this many steps.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Write the resumable checkpoint every this many steps.")] = None,
+    log_every: Annotated[int | None, typer.Option(help="Log training means every this many steps.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt when it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete the run already in OUT and start afresh.")] = False,
+    allow_change: Annotated[
+        list[str] | None,
+        typer.Option(help="With --resume: a setting that may differ from the checkpoint's (e.g. lr); repeatable."),
+    ] = None,
     nproc: Annotated[int | None, typer.Option(help="Local processes (DDP); under torchrun leave at 1.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    bf16: Annotated[bool, typer.Option(help="bf16 autocast on GPU (ignored on CPU).")] = False,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast; entropy models, GDN and likelihoods stay float32.")] = False,
+    channels_last: Annotated[bool, typer.Option(help="Channels-last memory layout for the network.")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the network (first steps pay the compilation).")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per process.")] = None,
     live_dir: Annotated[Path | None, typer.Option(help="dvclive directory (default OUT/live).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -70,13 +78,21 @@ def train(
             val_count=val_count,
             val_every=val_every,
             checkpoint_every=checkpoint_every,
+            log_every=log_every,
             resume=resume,
+            overwrite=overwrite,
+            allow_changes=tuple(name.strip() for value in allow_change or () for name in value.split(",") if name.strip()),
             nproc=nproc,
             device=device,
             bf16=bf16,
+            channels_last=channels_last,
+            compile=compile,
             threads=threads,
             live_dir=live_dir,
             progress=progress,
         )
         summary = run_training(config)
+    if summary.get("already_finished"):
+        typer.echo(f"{config.out}: the run is already finished at step {summary['step']}; nothing changed")
+        return
     typer.echo(f"trained to step {summary['step']}: {config.checkpoint_path}")
