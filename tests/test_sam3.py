@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from model.training.decoding import decode_label_map
+from pipeline.label_map_format import decode_label_map
 from pipeline.cli import app
 from pipeline.generators import build_generator
 from pipeline.generators.sam3_network import DeviceRedirect, build_sam3, check_checkpoint, clip_vocabulary
