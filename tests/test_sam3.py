@@ -23,7 +23,7 @@ from pipeline.generators.sam3_network import DeviceRedirect, build_sam3, check_c
 from pipeline.generators.sam3_segmenter import Sam3Segmenter
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.label_maps import LabelMapRule, RegionMask, masks_to_label_map
-from pipeline.masks import decode_rgb
+from pipeline.mask_labelling import decode_rgb
 from pipeline.shards import list_shards, read_rows
 from random_sam3 import save_as_sam3_checkpoint, small_sam3_builder
 from random_sams import photo
