@@ -18,6 +18,12 @@ with random weights box NMS then merges most survivors). One run prints:
 
     .venv/bin/python benchmarks/bench_masks.py --device cuda                  # vit_h, 32x32, 8 images
     .venv/bin/python benchmarks/bench_masks.py --device cpu --model vit_b --images 2
+
+`--sam3` prints instead, on the same images, s/image, label-map regions and masks per image and
+peak memory for `sam` exact mode (`--model`), `sam3` points mode (same regime) and concepts mode:
+
+    .venv/bin/python benchmarks/bench_masks.py --sam3 --device cuda --sam3-checkpoint sam3.pt --sam-checkpoint sam_vit_h_4b8939.pth
+    .venv/bin/python benchmarks/bench_masks.py --sam3 --sam3-small --model vit_b --images 2 --points-per-side 4
 """
 
 import argparse
@@ -187,9 +193,9 @@ def main() -> None:
     add_sam3_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
     if args.sam3:
         return sam3_comparison(args)
-    torch.manual_seed(0)
     device = torch.device(args.device)
     sam = sam_model_registry[args.model]().to(device).eval()
     images = load_images(args.images, args.images_dir)
@@ -245,53 +251,12 @@ def main() -> None:
 
 def add_sam3_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("SAM 3 (--sam3): s/image, masks and regions per image, peak memory")
-    group.add_argument("--sam3", action="store_true", help="compare sam3 points/concepts with sam exact mode")
-    group.add_argument("--sam-model", default="vit_h", help="the sam network beside it (vit_b on a CPU)")
-    group.add_argument("--sam-checkpoint", default="", help="its weights (random when empty)")
-    group.add_argument("--sam3-checkpoint", default="", help="sam3.pt (random weights at full size when empty)")
-    group.add_argument("--sam3-small", action="store_true", help="SAM 3's builder at the tests' toy sizes (CPU runs)")
-    group.add_argument("--prompts", default="", help="concepts mode's prompts (default: the generator's)")
-    group.add_argument("--confidence", type=float, default=0.5, help="concepts mode's confidence threshold")
-    group.add_argument("--pred-iou-thresh", type=float, default=0.88, help="0 with random weights: every candidate works")
-    group.add_argument("--stability-score-thresh", type=float, default=0.95)
-
-
-def _peak_memory(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:6.2f} GiB"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:6.2f} GiB RSS (process so far)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rate(generator, images: list[np.ndarray], device: torch.device) -> tuple[float, float, str]:
-    """(s/image, label-map regions per image, peak memory) of `generate_batch` in the generator's batch size."""
-    generator.generate_batch(images[:1], ["warm-up"])  # loads the network and warms its kernels
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
-    started = time.perf_counter()
-    results = []
-    for start in range(0, len(images), generator.batch_size):
-        batch = images[start : start + generator.batch_size]
-        results += generator.generate_batch(batch, [str(index) for index in range(len(batch))])
-    _sync(device)
-    seconds = (time.perf_counter() - started) / len(images)
-    return seconds, float(np.mean([result.stats.num_regions for result in results])), _peak_memory(device)
-
-
-def _masks_per_image(generator, images: list[np.ndarray]) -> float:
-    """Masks before the label map: the engine's survivors, or concept instances above the threshold (untimed)."""
-    if generator.config.mode != "concepts":
-        return float(np.mean([len(found.iou_preds) for found in generator.engine.masks(images)]))
-    segmenter, config, counts = generator.segmenter, generator.config, []
-    for image in images:
-        (embedding,) = segmenter.embed([image])
-        counts.append(sum(len(found.scores) for found in segmenter.concepts(embedding, config.prompt_list, config.confidence_threshold)))
-    return float(np.mean(counts))
+    group.add_argument("--sam3", action="store_true", help="Compare sam3 points and concepts with sam exact mode (--model).")
+    group.add_argument("--sam-checkpoint", default="", help="Weights of the sam network (random when empty).")
+    group.add_argument("--sam3-checkpoint", default="", help="sam3.pt (random weights at full size when empty).")
+    group.add_argument("--sam3-small", action="store_true", help="SAM 3's builder at the tests' toy sizes (CPU runs).")
+    group.add_argument("--prompts", default="", help="Concepts mode's prompts (default: the generator's).")
+    group.add_argument("--confidence", type=float, default=0.5, help="Concepts mode's confidence threshold.")
 
 
 def _sam3_network(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
@@ -308,31 +273,59 @@ def _sam3_network(args: argparse.Namespace, device: torch.device) -> torch.nn.Mo
         return build_sam3(clip_vocabulary(), device)
 
 
-def _measured(name: str, generator, images: list[np.ndarray], device: torch.device) -> tuple:
-    return (name, *_rate(generator, images, device), _masks_per_image(generator, images))
+def _masks_per_image(generator, images: list[np.ndarray]) -> float:
+    """Masks before the label map (untimed): the engine's survivors, or concept instances above the threshold."""
+    if generator.config.mode != "concepts":
+        return float(np.mean([len(found.iou_preds) for found in generator.engine.masks(images)]))
+    segmenter, config, counts = generator.segmenter, generator.config, []
+    for image in images:
+        (embedding,) = segmenter.embed([image])
+        counts.append(sum(len(found.scores) for found in segmenter.concepts(embedding, config.prompt_list, config.confidence_threshold)))
+    return float(np.mean(counts))
 
 
-def _sam_row(args: argparse.Namespace, images: list[np.ndarray], device: torch.device, amg: dict) -> tuple:
-    """sam exact mode's figures; its network is freed on return, before SAM 3's is built."""
-    sam = sam_model_registry[args.sam_model](checkpoint=args.sam_checkpoint or None).to(device).eval()
-    return _measured(f"sam {args.sam_model} exact", build_generator("sam", {"model": args.sam_model, **amg}, model=sam), images, device)
+def _generator_row(name: str, generator, images: list[np.ndarray], device: torch.device) -> tuple:
+    """(name, s/image, regions/image, peak memory, masks/image) of `generate_batch` in the generator's batch size."""
+    generator.generate_batch(images[:1], ["warm-up"])  # loads the network and warms its kernels
+    reset_peak(device)
+    timer, results = Timer(device), []
+    for start in range(0, len(images), generator.batch_size):
+        batch = images[start : start + generator.batch_size]
+        results += timer.wrap(generator.generate_batch)(batch, [str(index) for index in range(len(batch))])
+    regions = float(np.mean([result.stats.num_regions for result in results]))
+    return name, timer.seconds / len(images), regions, peak_memory(device), _masks_per_image(generator, images)
+
+
+def _sam_row(args: argparse.Namespace, images: list[np.ndarray], device: torch.device) -> tuple:
+    """sam exact mode in the realistic regime; its network is freed on return, before SAM 3's is built."""
+    sam = sam_model_registry[args.model](checkpoint=args.sam_checkpoint or None).to(device).eval()
+    base = AmgSettings(points_per_side=args.points_per_side, stability_score_thresh=0.0)
+    threshold, _ = realistic_iou_threshold(SamSegmenter(sam), images, base, args.keep)
+    settings = {**vars(base), "pred_iou_thresh": threshold, "model": args.model}
+    return _generator_row(f"sam {args.model} exact", SamGenerator(SamGenerator.Config(**settings), model=sam), images, device)
 
 
 def sam3_comparison(args: argparse.Namespace) -> None:
-    """One table: sam exact, sam3 points, sam3 concepts on the same images."""
+    """One table: sam exact, sam3 points, sam3 concepts on the same images (points: the realistic regime)."""
+    from pipeline.generators.sam3 import Sam3Generator
+    from pipeline.generators.sam3_segmenter import Sam3Segmenter
+
     device = torch.device(args.device)
-    images = [decode_rgb(path.read_bytes()) for path in sample_photo_paths()[: args.images]]
-    amg = dict(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh)
-    concepts = dict(mode="concepts", confidence_threshold=args.confidence, **({"prompts": args.prompts} if args.prompts else {}))
-    rows = [_sam_row(args, images, device, amg)]
+    images = load_images(args.images, args.images_dir)
+    rows = [_sam_row(args, images, device)]
     sam3 = _sam3_network(args, device)
-    rows += [_measured(name, build_generator("sam3", options, model=sam3), images, device)
-             for name, options in (("sam3 points", amg), ("sam3 concepts", concepts))]
+    base = AmgSettings(points_per_side=args.points_per_side, stability_score_thresh=0.0)
+    threshold, _ = realistic_iou_threshold(Sam3Segmenter(sam3), images, base, args.keep)
+    points = Sam3Generator.Config(**{**vars(base), "pred_iou_thresh": threshold})
+    concepts = Sam3Generator.Config(mode="concepts", confidence_threshold=args.confidence, **({"prompts": args.prompts} if args.prompts else {}))
+    rows += [_generator_row(name, Sam3Generator(config, model=sam3), images, device)
+             for name, config in (("sam3 points", points), ("sam3 concepts", concepts))]
     weights = "checkpoints" if args.sam_checkpoint and args.sam3_checkpoint else "random weights"
-    print(f"{len(images)} sample photos, {device}, {args.threads} threads, {weights}, points_per_side={args.points_per_side}")
-    print(f"{'generator':<18} {'s/image':>9} {'regions/image':>14}  {'peak memory':<14} {'masks/image':>12}")
+    print(f"{len(images)} images {images[0].shape[1]}x{images[0].shape[0]}, {device}, {args.threads} CPU threads, {weights}, "
+          f"{args.points_per_side}x{args.points_per_side} points keeping {args.keep:.0%} by predicted IoU{', SAM 3 at toy sizes' if args.sam3_small else ''}")
+    print(f"{'generator':<18}{'s/image':>9}{'regions/image':>15}{'masks/image':>13}   peak memory")
     for name, seconds, regions, memory, masks in rows:
-        print(f"{name:<18} {seconds:9.2f} {regions:14.1f}  {memory:<14} {masks:12.1f}")
+        print(f"{name:<18}{seconds:9.2f}{regions:15.1f}{masks:13.1f}   {memory}")
 
 if __name__ == "__main__":
     main()
