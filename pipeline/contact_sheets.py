@@ -7,15 +7,13 @@ images the masks stage could not label are captioned `failed` and show no bounda
 """
 
 import io
-import os
-import tempfile
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.manifest import PUBLISHED_FILE_MODE
+from pipeline.atomic_files import atomic_output
 from pipeline.shards import is_failure_marker, list_shards, read_rows
 
 SHEET_IMAGES = 12
@@ -81,10 +79,6 @@ def write_contact_sheet(masks: Path, images: Path, out: Path) -> Path:
         left, top = (position % SHEET_COLUMNS) * cell[0], (position // SHEET_COLUMNS) * cell[1]
         sheet.paste(tile, (left + (TILE_SIDE - tile.width) // 2, top + (TILE_SIDE - tile.height) // 2))
         draw.text((left + 3, top + TILE_SIDE + 1), caption[:40], fill=CAPTION_COLOUR)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".incomplete")
-    with os.fdopen(descriptor, "wb") as file:
-        sheet.save(file, format="PNG")
-    os.chmod(temporary, PUBLISHED_FILE_MODE)
-    os.replace(temporary, out)
+    with atomic_output(out) as temporary:
+        sheet.save(temporary, format="PNG")
     return out

@@ -44,6 +44,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.images import ImageLimits, ImageRejected, PreparedImage, prepare_image
+from pipeline.atomic_files import write_json_atomically
 from pipeline.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -52,7 +53,6 @@ from pipeline.manifest import (
     read_manifest,
     reproducible,
     shard_entry,
-    write_json_atomically,
     write_manifest,
 )
 from pipeline.output_folder import ensure_output_folder, locked_output

@@ -10,13 +10,13 @@ the same inputs and settings (no timings: commands write those to a separate fil
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from pipeline.atomic_files import write_json_atomically
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "segpic-shards"
@@ -25,7 +25,6 @@ MANIFEST_VERSION = 2
 2: no `timings`."""
 VERSIONED_PACKAGES = ("segpic", "pillow", "pyarrow", "datasets", "numpy", "segment-anything", "torch", "scikit-image")
 HASH_CHUNK_BYTES = 1 << 20
-PUBLISHED_FILE_MODE = 0o644  # mkstemp creates 0600; manifests are meant to be read by others
 MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
@@ -143,15 +142,6 @@ def file_sha256(path: Path) -> str:
 def shard_entry(path: Path, rows: int) -> ShardEntry:
     """Describe a finished shard file for the manifest."""
     return ShardEntry(name=path.name, rows=rows, bytes=path.stat().st_size, sha256=file_sha256(path))
-
-
-def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON under a unique temporary name, then rename: readers never see half a file, even with concurrent writers."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".incomplete")
-    with os.fdopen(descriptor, "w") as file:
-        file.write(json.dumps(data, indent=2) + "\n")
-    os.chmod(temporary, PUBLISHED_FILE_MODE)
-    os.replace(temporary, path)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

@@ -22,7 +22,8 @@ from PIL import Image
 from pipeline.generators import MaskGenerator, build_generator, generator_class
 from pipeline.label_map_format import encode_label_map
 from pipeline.label_maps import MaskResult
-from pipeline.manifest import RecordNote, ShardEntry, reproducible, shard_entry, write_json_atomically
+from pipeline.atomic_files import write_json_atomically
+from pipeline.manifest import RecordNote, ShardEntry, reproducible, shard_entry
 from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, FAILED_NUM_REGIONS, MASK_SCHEMA, ShardWriter, read_rows
 
 REPORTS_DIR = ".masks-reports"

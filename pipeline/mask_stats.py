@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.contact_sheets import write_contact_sheet
-from pipeline.manifest import write_json_atomically
+from pipeline.atomic_files import write_json_atomically
 from pipeline.shards import MASK_KIND, is_failure_marker, list_shards, read_rows, shard_kind
 
 STAT_COLUMNS = ("generator", "num_regions", "coverage", "mean_iou")

@@ -26,7 +26,7 @@ def write_timings(timings: Path | None, seconds: float, images: int) -> None:
     """Write {seconds, images, images_per_second} to `timings` (nothing when it is None)."""
     if timings is None:
         return
-    from pipeline.manifest import write_json_atomically
+    from pipeline.atomic_files import write_json_atomically
 
     timings.parent.mkdir(parents=True, exist_ok=True)
     rate = round(images / seconds, 3) if seconds > 0 else None

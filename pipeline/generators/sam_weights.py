@@ -18,7 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.manifest import file_sha256, write_json_atomically
+from pipeline.atomic_files import atomic_output, write_json_atomically
+from pipeline.manifest import file_sha256
 
 DOWNLOAD_CHUNK_BYTES = 1 << 22
 HASH_CACHE_NAME = "sha256-cache.json"
@@ -109,21 +110,17 @@ def fetch_weights(weights: OfficialWeights, cache_dir: Path, sha256: str = "") -
         if weights_sha256(target) != expected:
             raise ValueError(f"{target}: sha256 does not match the expected {expected}; delete it to re-download")
         return target
-    partial = target.with_name(target.name + ".incomplete")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(weights.url) as response, open(partial, "wb") as file:
-            while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
-                file.write(chunk)
+        with atomic_output(target) as partial:
+            with urllib.request.urlopen(weights.url) as response, open(partial, "wb") as file:
+                while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
+                    file.write(chunk)
+            if file_sha256(partial) != expected:
+                raise ValueError(f"{weights.url}: downloaded file's sha256 is not the expected {expected}")
     except (urllib.error.URLError, OSError) as error:
-        partial.unlink(missing_ok=True)
         raise SamWeightsUnavailable(
             f"no checkpoint: expected {target} (or pass checkpoint=PATH); download it from {weights.url} ({error})"
         ) from error
-    if file_sha256(partial) != expected:
-        partial.unlink()
-        raise ValueError(f"{weights.url}: downloaded file's sha256 is not the expected {expected}")
-    partial.replace(target)
     return target
 
 
