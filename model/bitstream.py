@@ -58,13 +58,18 @@ PAD_MULTIPLE = LATENT_DOWNSAMPLING
 PROTOTYPE_DOWNSAMPLING = 16
 MAX_SIDE = 1 << 15
 DEFAULT_MAX_PIXELS = 1 << 25  # 33.5 megapixels: an 8K frame
-# rANS spends at least -log2(65535/65536) bits on a symbol and flushes 8 bytes of state;
-# half that rate is the least a genuine stream of n symbols can be.
-MIN_STREAM_BYTES = 8
-MIN_BITS_PER_SYMBOL = -math.log2(65535 / 65536) / 2
+# Every CDF has at least two symbols of frequency >= 1 out of 2^16, so a symbol carries at
+# least -log2(65535/65536) bits; rANS flushes its 64-bit state (8 bytes), which can hold 64 of
+# those bits, and emits the rest in 32-bit words.
+STATE_BYTES, STATE_BITS, WORD_BYTES = 8, 64, 4
+MIN_BITS_PER_SYMBOL = -math.log2(65535 / 65536)
 # Zero bytes after a stream: a decode step reads at most one 32-bit word; escape (bypass)
 # chains read at most ~4 bytes per byte of data, plus one spare word per symbol.
 PADDING_BYTES_PER_SYMBOL, PADDING_BYTES_PER_BYTE, PADDING_SLACK = 8, 16, 1 << 16
+# Peak extra memory of a decode, per pixel and per unit of N, in float32 values: the published
+# model (N=192) peaks near 1.6·N floats (1.2-1.3 KB) per pixel on the CPU, portable mode included
+# (VmHWM over 256² and 512² decodes); 2·N leaves a margin.
+DECODE_FLOATS_PER_PIXEL_PER_N = 2
 DESYNC_MESSAGE = "this file was encoded with numerics this machine does not reproduce; re-encode in portable mode"
 
 
@@ -310,13 +315,37 @@ def check_decodable(
     shape = (-(-coded.height // PAD_MULTIPLE), -(-coded.width // PAD_MULTIPLE))
     counts = model.stream_symbol_counts(shape, coded.grid)
     for name, stream, count in zip(model.stream_names, coded.streams, counts):
-        least = MIN_STREAM_BYTES + int(count * MIN_BITS_PER_SYMBOL / 8)
+        least = STATE_BYTES + max(0, int((count * MIN_BITS_PER_SYMBOL - STATE_BITS) / 8) - WORD_BYTES)
         if len(stream) < least:
             raise SegpicFileError(
                 f"{source}: the {name} stream has {len(stream)} bytes, too few for the {count} symbols "
                 f"of a {coded.width}x{coded.height} image (at least {least})"
             )
     return shape
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes the decoder may still allocate on `device` (None where the system does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            line = next(line for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) * 1024
+
+
+def check_memory(model: CompressionModel, height: int, width: int, source: str) -> None:
+    """Refuse an image whose decode would need more memory than the machine has free."""
+    padded = -(-height // PAD_MULTIPLE) * PAD_MULTIPLE * -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+    needed = padded * DECODE_FLOATS_PER_PIXEL_PER_N * model.N * 4
+    available = available_memory(next(model.parameters()).device)
+    if available is not None and needed > available:
+        raise SegpicFileError(
+            f"{source}: decoding a {width}x{height} image needs about {needed / 2**30:.1f} GiB of memory, "
+            f"{available / 2**30:.1f} GiB are available (see --max-pixels)"
+        )
 
 
 def _padded(stream: bytes, symbols: int) -> bytes:
@@ -334,6 +363,7 @@ def decode_file(
     """The reconstruction (1,C,H,W) in [0,1] on the CPU, at the original size and channel count."""
     coded = SegpicFile.from_bytes(data, source)
     shape = check_decodable(coded, model, identity, source, max_pixels)
+    check_memory(model, coded.height, coded.width, source)
     counts = model.stream_symbol_counts(shape, coded.grid)
     try:
         strings = [[_padded(stream, count)] for stream, count in zip(coded.streams, counts)]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from model import bitstream
 from model.bitstream import (
     FORMAT_VERSION,
     MAGIC,
@@ -160,3 +161,25 @@ def test_stream_count_must_match_the_architecture(codec, coded_photo):
     forged = dataclasses.replace(parsed, streams=parsed.streams[:2])
     with pytest.raises(SegpicFileError, match="2 streams, but segpic writes 4"):
         decode_file(model, forged.to_bytes(), identity)
+
+
+def test_huge_size_claims_are_refused_before_any_allocation(codec, coded_photo):
+    model, identity = codec
+    parsed = SegpicFile.from_bytes(coded_photo)
+    huge = dataclasses.replace(parsed, height=32768, width=32768)
+    with pytest.raises(SegpicFileError, match="32768x32768 exceeds the 33554432-pixel limit"):
+        decode_file(model, huge.to_bytes(), identity, source="huge.segpic")
+    # With the pixel limit lifted, a y stream of 100 bytes is still too short for 167772160 symbols.
+    short = dataclasses.replace(huge, streams=(parsed.streams[0][:100], *parsed.streams[1:]))
+    with pytest.raises(SegpicFileError, match="the y stream has 100 bytes, too few for the 167772160 symbols"):
+        decode_file(model, short.to_bytes(), identity, source="huge.segpic", max_pixels=1 << 30)
+
+
+def test_a_size_whose_decode_would_not_fit_in_free_memory_is_refused(codec, coded_photo, monkeypatch):
+    model, identity = codec
+    monkeypatch.setattr(bitstream, "available_memory", lambda device: 100 << 20)
+    parsed = SegpicFile.from_bytes(coded_photo)
+    large = dataclasses.replace(parsed, height=3000, width=4000).to_bytes()
+    with pytest.raises(SegpicFileError, match=r"decoding a 4000x3000 image needs about 2\.2 GiB of memory, 0\.1 GiB"):
+        decode_file(model, large, identity, source="large.segpic")
+    assert decode_file(model, coded_photo, identity).shape == (1, 3, 70, 90)  # small images still decode
