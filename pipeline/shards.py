@@ -139,12 +139,20 @@ def shard_kind(path: Path) -> str:
     return tag["kind"]
 
 
-def open_parquet(path: Path) -> pq.ParquetFile:
+def open_parquet(path: Path, memory_map: bool = False) -> pq.ParquetFile:
     """Open a Parquet file; a damaged or foreign file raises ValueError naming it (pyarrow raises assorted types)."""
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, memory_map=memory_map)
     except (OSError, pa.ArrowException) as error:
         raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
+
+
+def read_row_group(path: Path, parquet: pq.ParquetFile, group: int, columns: Sequence[str] | None = None) -> pa.Table:
+    """Row group `group` of the open shard `path`; a damaged group raises ValueError naming both."""
+    try:
+        return parquet.read_row_group(group, columns=list(columns) if columns else None)
+    except (OSError, pa.ArrowException) as error:
+        raise ValueError(f"{path}: row group {group} cannot be read ({error})") from error
 
 
 def read_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -154,11 +162,7 @@ def read_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[dict
         missing = sorted(set(columns) - set(parquet.schema_arrow.names))
         raise ValueError(f"{path}: lacks columns {missing} (is it the right kind of shard?)")
     for group in range(parquet.num_row_groups):
-        try:
-            table = parquet.read_row_group(group, columns=list(columns) if columns else None)
-        except (OSError, pa.ArrowException) as error:
-            raise ValueError(f"{path}: row group {group} cannot be read ({error})") from error
-        yield from table.to_pylist()
+        yield from read_row_group(path, parquet, group, columns).to_pylist()
 
 
 def _row_bytes(row: dict[str, Any]) -> int:

@@ -27,6 +27,7 @@ from pipeline.shards import (
     is_failure_marker,
     missing_shards,
     open_parquet,
+    read_row_group,
     shard_files,
     shard_kind,
 )
@@ -160,9 +161,9 @@ def _rows(parquet: pq.ParquetFile, path: Path, report: VerifyReport) -> list[dic
     rows = []
     for group in range(parquet.num_row_groups):
         try:
-            rows += parquet.read_row_group(group).to_pylist()
-        except Exception as error:  # damaged pages surface as assorted pyarrow errors
-            report.problems.append(f"{path}: row group {group} cannot be read ({error})")
+            rows += read_row_group(path, parquet, group).to_pylist()
+        except ValueError as error:
+            report.problems.append(str(error))
     return rows
 
 

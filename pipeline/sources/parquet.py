@@ -13,8 +13,8 @@ from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline.shards import open_parquet, read_row_group
 from pipeline.sources.base import ImageSource, SourceRecord, is_hidden
 
 PREFIX = "parquet:"
@@ -54,20 +54,20 @@ class ParquetSource(ImageSource):
             raise ValueError(f"{self.root}: no .parquet files")
 
     def count(self) -> int:
-        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files)
+        return sum(open_parquet(path).metadata.num_rows for path in self.files)
 
     def local_root(self) -> Path | None:
         return self.root if self.root.is_dir() else None
 
     def records(self) -> Iterator[SourceRecord]:
         for path in self.files:
-            parquet = pq.ParquetFile(path)
+            parquet = open_parquet(path)
             column = _image_column(parquet.schema_arrow, path)
             has_ids = "id" in parquet.schema_arrow.names
             relative = path.relative_to(self.base).as_posix()
             row = 0
             for group in range(parquet.num_row_groups):
-                table = parquet.read_row_group(group, columns=[column, "id"] if has_ids else [column])
+                table = read_row_group(path, parquet, group, [column, "id"] if has_ids else [column])
                 ids = table.column("id").to_pylist() if has_ids else None
                 for offset, value in enumerate(table.column(column).to_pylist()):
                     record_id = ids[offset] if has_ids else f"{relative}:{row}"
