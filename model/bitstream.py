@@ -48,6 +48,7 @@ from model.architectures import architecture_name
 from model.checkpoints import load_codec, weights_hash
 from model.entropy_coding import LATENT_DOWNSAMPLING
 from model.training.distributed import resolve_device
+from pipeline.atomic_files import atomic_output, write_bytes_atomically
 from pipeline.images import ImageRejected, normalize_image, read_image
 
 MAGIC = b"SEGPIC"
@@ -429,12 +430,6 @@ def _report(output: Path, data: bytes, coded: SegpicFile, seconds: float) -> Cod
     )
 
 
-def _write_atomically(path: Path, write) -> None:
-    partial = path.with_name(path.name + ".incomplete")
-    write(partial)
-    partial.replace(path)
-
-
 def compress_image_file(config: CompressConfig) -> CodingReport:
     """Image file -> `.segpic` file, with the codec from `config.checkpoint`."""
     x = load_image_file(config.image)
@@ -442,7 +437,7 @@ def compress_image_file(config: CompressConfig) -> CodingReport:
     started = time.perf_counter()
     data = encode_image(model, x, CodecIdentity.of(model), grid=config.grid, portable=config.portable)
     seconds = time.perf_counter() - started
-    _write_atomically(config.output, lambda path: path.write_bytes(data))
+    write_bytes_atomically(config.output, data)
     return _report(config.output, data, SegpicFile.from_bytes(data, str(config.output)), seconds)
 
 
@@ -462,5 +457,6 @@ def decompress_image_file(config: DecompressConfig) -> CodingReport:
         model, data, CodecIdentity.of(model), source=str(config.segpic_file), max_pixels=config.max_pixels
     )
     seconds = time.perf_counter() - started
-    _write_atomically(config.output, lambda path: tensor_to_image(x_hat).save(path, format=image_format))
+    with atomic_output(config.output) as partial:
+        tensor_to_image(x_hat).save(partial, format=image_format)
     return _report(config.output, data, coded, seconds)

@@ -8,8 +8,6 @@ Like nanoGPT, `arch` + `model_args` rebuild the model, so a checkpoint is self-d
 """
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,35 +17,17 @@ from compressai.models import CompressionModel
 
 from model import official
 from model.architectures import build_model
+from pipeline.atomic_files import atomic_output
 
 CHECKPOINT_FORMAT = "segpic-checkpoint"
 FORMAT_VERSION = 1
 _RESERVED_KEYS = ("format", "format_version", "arch", "model_args", "state_dict")
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_torch_save(obj: object, path: str | Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: no half-written checkpoints.
-
-    The file gets the permissions any new file of the user gets (0666 less the umask),
-    not the owner-only 0600 of `mkstemp`, so a group can share runs.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".incomplete")
-    try:
-        os.chmod(handle, 0o666 & ~_current_umask())
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """torch.save through `atomic_output`: no half-written checkpoints, the user's file permissions."""
+    with atomic_output(Path(path)) as partial, open(partial, "wb") as stream:
+        torch.save(obj, stream)
 
 
 def save_codec(

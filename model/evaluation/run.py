@@ -24,6 +24,7 @@ from model.checkpoints import load_codec
 from model.evaluation.images import EvalImage, collect_images
 from model.evaluation.measurements import MEASUREMENTS, Codec, Measured
 from model.evaluation.quality import ms_ssim_value, psnr
+from pipeline.atomic_files import write_json_atomically
 
 RESULTS_FORMAT = "segpic-eval"
 RESULTS_FORMAT_VERSION = 1
@@ -119,13 +120,6 @@ def evaluate_checkpoint(
     return description, rows
 
 
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".incomplete")
-    partial.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    partial.replace(path)
-
-
 def evaluate(config: EvalConfig, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Evaluate every checkpoint on every image, write `config.out` and return its contents."""
     if not config.checkpoints:
@@ -163,5 +157,5 @@ def evaluate(config: EvalConfig, progress: Callable[[str], None] = lambda line: 
         "results": results,
         "per_image": rows,
     }
-    _write_json(Path(config.out), document)
+    write_json_atomically(Path(config.out), document)
     return document

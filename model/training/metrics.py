@@ -4,7 +4,6 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from dvclive import Live
 from scmrepo.exceptions import SCMError
 
+from pipeline.atomic_files import write_bytes_atomically
 
 LOGGED_TERMS = ("loss", "bpp", "mse", "aux_loss")
 """The order of the values a training step returns as one tensor."""
@@ -66,7 +66,7 @@ def truncate_series(directory: Path, step: int) -> None:
             node[leaf] = float(kept[-1][name.name])
     summary_path = directory / "metrics.json"
     if summary_path.exists():
-        _atomic_write(summary_path, json.dumps(summary, indent=4) + "\n")
+        write_bytes_atomically(summary_path, (json.dumps(summary, indent=4) + "\n").encode())
 
 
 def _rewrite_series(series: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
@@ -74,7 +74,7 @@ def _rewrite_series(series: Path, columns: list[str], rows: list[dict[str, str]]
     writer = csv.DictWriter(buffer, columns, delimiter="\t", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(series, buffer.getvalue())
+    write_bytes_atomically(series, buffer.getvalue().encode())
 
 
 class MetricsLog:
@@ -138,16 +138,9 @@ class Tracker:
         return values.get("loss", training.get("loss", math.nan))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".incomplete")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def write_summary(path: Path, summary: dict) -> None:
     """Atomically write the run's final metrics JSON (the DVC stage's metrics file)."""
-    _atomic_write(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_bytes_atomically(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_summary(path: Path) -> dict:
