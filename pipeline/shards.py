@@ -23,12 +23,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic_files import INCOMPLETE_SUFFIX
 from pipeline.label_map_format import LABEL_MAP_FORMAT_VERSION
 
 FORMAT_VERSION = 1
 IMAGE_KIND = "images"
 MASK_KIND = "masks"
-INCOMPLETE_SUFFIX = ".incomplete"
 SHARD_PATTERN = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 
 # The Hub's conventions: about 500 MB per file, about 100 MB per row group.
@@ -191,6 +191,10 @@ def _column_options(schema: pa.Schema) -> dict[str, Any]:
 
 class ShardWriter:
     """Write one shard file atomically: rows go to `<path>.incomplete`, renamed on success.
+
+    Unlike `pipeline.atomic_files`, the partial file has a fixed name: shards are written by
+    one process at a time (the output folder's lock), and a run resumed after a kill
+    overwrites what the killed one left instead of accumulating partial files.
 
     Use as a context manager: leaving the block normally closes the file and moves it into
     place; leaving it through an exception deletes the partial file. Rows are buffered into

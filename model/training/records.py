@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.shards import IMAGE_KIND, MASK_KIND, is_failure_marker, list_shards, shard_kind
+from pipeline.shards import IMAGE_KIND, MASK_KIND, is_failure_marker, list_shards, open_parquet, read_row_group, shard_kind
 
 ID_COLUMN = "id"
 REGIONS_COLUMN = "num_regions"
@@ -46,7 +45,7 @@ class TrainingRecord:
 
 def _shard_rows(shard: Path, columns: tuple[str, ...] = (ID_COLUMN,)) -> tuple[dict[str, list], list[tuple[int, int]]]:
     """`columns` of a shard as lists, and the (row group, row) of each row, in file order."""
-    parquet = pq.ParquetFile(shard)
+    parquet = open_parquet(shard)
     values = parquet.read(columns=list(columns)).to_pydict()
     places = [
         (group, row)
@@ -124,7 +123,7 @@ class RowReader:
         group = self._groups.get(key)
         if group is None:
             # Memory-mapped: the page cache serves the read without another copy of the row group.
-            table = pq.ParquetFile(ref.shard, memory_map=True).read_row_group(ref.row_group, columns=[self.column])
+            table = read_row_group(ref.shard, open_parquet(ref.shard, memory_map=True), ref.row_group, [self.column])
             group = table.column(self.column).combine_chunks().field("bytes")
             self._groups[key] = group
             if len(self._groups) > self.cache_size:
