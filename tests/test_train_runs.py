@@ -197,13 +197,18 @@ def test_killed_and_resumed_run_logs_every_step_once(shards, tmp_path):  # noqa:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # Kill while the series already hold steps the checkpoint does not: the resumed run redoes them.
-        while not (live / "plots").exists() or checkpoint_step(tmp_path / "checkpoint.pt") < 4 or (
-            series_steps(live, "train", "loss")[-1] <= checkpoint_step(tmp_path / "checkpoint.pt")
-        ):
+        # The run is paused before the files are compared, so it cannot move on between check and kill.
+        while True:
             assert process.poll() is None, "training exited before it could be killed"
+            if (live / "plots").exists() and checkpoint_step(tmp_path / "checkpoint.pt") >= 4:
+                process.send_signal(signal.SIGSTOP)
+                if series_steps(live, "train", "loss")[-1] > checkpoint_step(tmp_path / "checkpoint.pt"):
+                    break
+                process.send_signal(signal.SIGCONT)
             time.sleep(0.02)
         process.kill()
     finally:
+        process.kill()
         process.wait()
     stopped_at = checkpoint_step(tmp_path / "checkpoint.pt")
     assert series_steps(live, "train", "loss")[-1] > stopped_at
