@@ -1,12 +1,8 @@
 """`--engine ray` on a local Ray instance writes exactly what the local engine writes."""
 
-import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -73,50 +69,3 @@ def test_the_ray_client_is_installed():
     from ray.util.client import ray as client  # needs grpcio, the `ray[client]` extra
 
     assert not client.is_connected()
-
-
-def wait_for_port(port: int, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"nothing listens on port {port} after {seconds} s")
-
-
-@pytest.fixture
-def ray_cluster_with_client_server(tmp_path):
-    """A real head node (`ray start --head --block`) with its Ray client server; stopped with its process group."""
-    gcs_port, client_port = free_port(), free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(gcs_port),
-         "--ray-client-server-port", str(client_port), "--num-cpus", "2", "--include-dashboard", "false",
-         "--temp-dir", temp_dir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        wait_for_port(client_port, 120)
-        yield f"ray://127.0.0.1:{client_port}"
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-        shutil.rmtree(temp_dir, ignore_errors=True)  # with it the cluster's address file, so later ray.init() starts afresh
-
-
-@pytest.mark.slow
-def test_masks_through_the_ray_client_match_the_local_engine(sample_image_shards, tmp_path, ray_cluster_with_client_server):
-    local = make_masks(MasksConfig(images=sample_image_shards, out=tmp_path / "local", generator="grid",
-                                   options=(("grid", "3"),)))
-    args = ["masks", str(sample_image_shards), "--out", str(tmp_path / "client"), "--generator", "grid", "--set", "grid=3",
-            "--engine", "ray", "--ray-address", ray_cluster_with_client_server, "--workers", "1", "--no-progress"]
-    environment = {**os.environ, "RAY_AUTH_MODE": "token"}  # the head's token is in ~/.ray/auth_token
-    result = subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", *args],
-                            capture_output=True, text=True, timeout=300, env=environment)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "wrote 3 shard(s), 10 image(s), 0 failed" in result.stdout and local.complete
-    for path in list_shards(tmp_path / "local"):
-        assert (tmp_path / "client" / path.name).read_bytes() == path.read_bytes()
-    assert read_manifest(tmp_path / "client").shards == read_manifest(tmp_path / "local").shards
