@@ -59,6 +59,8 @@ PAD_MULTIPLE = LATENT_DOWNSAMPLING
 PROTOTYPE_DOWNSAMPLING = 16
 MAX_SIDE = 1 << 15
 DEFAULT_MAX_PIXELS = 1 << 25  # 33.5 megapixels: an 8K frame
+# How torch reports a failed allocation: its allocators, and oneDNN when its workspace cannot be allocated.
+ALLOCATION_FAILURES = ("alloc", "out of memory", "could not execute a primitive")
 # Every CDF has at least two symbols of frequency >= 1 out of 2^16, so a symbol carries at
 # least -log2(65535/65536) bits; rANS flushes its 64-bit state (8 bytes), which can hold 64 of
 # those bits, and emits the rest in 32-bit words.
@@ -370,7 +372,7 @@ def decode_file(
         strings = [[_padded(stream, count)] for stream, count in zip(coded.streams, counts)]
         decoded = model.decompress(strings, shape, grid=coded.grid, portable=coded.portable)
     except (MemoryError, RuntimeError) as error:  # torch reports a failed allocation as RuntimeError
-        if not isinstance(error, MemoryError) and "alloc" not in str(error) and "out of memory" not in str(error):
+        if not isinstance(error, MemoryError) and not any(sign in str(error) for sign in ALLOCATION_FAILURES):
             raise
         raise SegpicFileError(
             f"{source}: not enough memory to decode a {coded.width}x{coded.height} image (see --max-pixels)"
