@@ -16,6 +16,7 @@ within `PROBE_TIMEOUT_S` with one line instead of Ray's retry loop.
 """
 
 import importlib.util
+import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
@@ -34,6 +35,11 @@ from pipeline.shards import MASK_SCHEMA
 
 CLIENT_PREFIX = "ray://"
 PROBE_TIMEOUT_S = 30  # a silent (firewalled) address fails after this, well within a minute
+# The Ray client server starts one process per connection; now and then that process dies
+# while starting (a crash inside gRPC, more often on a loaded head), which the client sees as
+# "Initialization failure from server". A new connection gets a new process.
+CLIENT_ATTEMPTS = 3
+SESSION_CLOSED = "Request can't be sent because the Ray client has already been disconnected"
 GPU_ROWS_PER_CALL = 16
 
 
@@ -60,12 +66,51 @@ def connect(address: str) -> None:
             raise RayUnreachable(f"Ray cluster {address} is unreachable ({reason}); is the head node running?") from error
     if address.startswith(CLIENT_PREFIX) and importlib.util.find_spec("grpc") is None:
         raise RayUnreachable(f"{address}: the Ray client is not installed (pip install 'ray[client]')")
-    try:
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, TimeoutError, RuntimeError) as error:
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        hint = "; a cluster with token authentication needs RAY_AUTH_MODE=token here" if address.startswith(CLIENT_PREFIX) else ""
-        raise RayUnreachable(f"Ray cluster {address}: cannot connect ({first_line}){hint}") from error
+    _join(address)
+
+
+def _join(address: str) -> None:
+    """`ray.init`, again with a new session where the client server failed to start one."""
+    attempts = CLIENT_ATTEMPTS if address.startswith(CLIENT_PREFIX) else 1
+    logging.getLogger("ray.client_builder").setLevel(logging.WARNING)  # not an INFO line per attempt listing our ray.init kwargs
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+            return
+        except ConnectionError as error:
+            if not _session_failed(error):
+                raise _cannot_connect(address, error) from error
+            reason = _last_line(error)
+            if attempt == attempts:
+                raise RayUnreachable(f"Ray cluster {address}: the server failed {attempts} times to start a session ({reason})") from error
+            logging.getLogger(__name__).warning(
+                f"Ray cluster {address}: the server failed to start a session ({reason}); retrying ({attempt + 1} of {attempts})"
+            )
+        except (TimeoutError, RuntimeError) as error:
+            raise _cannot_connect(address, error) from error
+
+
+def _session_failed(error: ConnectionError) -> bool:
+    """The client server took the connection but could not start its session.
+
+    Ray's client says "Initialization failure from server", or, when the server closed the
+    session's stream before that answer was read, that the client is already disconnected.
+    """
+    return isinstance(error, ConnectionAbortedError) or str(error).startswith(SESSION_CLOSED)
+
+
+def _cannot_connect(address: str, error: Exception) -> RayUnreachable:
+    """One line for a failure to connect, with the cure for the commonest (a missing auth token)."""
+    first_line = (str(error).splitlines() or [type(error).__name__])[0]
+    hint = "; a cluster with token authentication needs RAY_AUTH_MODE=token here" if address.startswith(CLIENT_PREFIX) else ""
+    return RayUnreachable(f"Ray cluster {address}: cannot connect ({first_line}){hint}")
+
+
+def _last_line(error: Exception) -> str:
+    """The last non-empty line of an error (the server sends its whole traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
 
 class MaskActor:
     """Holds one generator (e.g. a SAM model on its GPU) and labels batches of image rows."""
