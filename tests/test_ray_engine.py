@@ -1,4 +1,4 @@
-"""`--engine ray` on a local Ray instance writes exactly what the local engine writes."""
+"""`--engine ray` on a local Ray instance and on a head node through the Ray client writes exactly what the local engine writes."""
 
 import contextlib
 import json
@@ -159,7 +159,7 @@ HEAD_ENVIRONMENT = {"GRPC_ENABLE_FORK_SUPPORT": "0"}
 
 
 @pytest.fixture
-def ray_cluster(tmp_path):
+def ray_cluster():
     """A real head node started as the README says, with its own auth token and temp dir; returns (address, environment).
 
     `ray stop` would stop every Ray on this machine, so the head runs with `--block` in its own
