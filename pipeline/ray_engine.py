@@ -12,7 +12,8 @@ So mask shards, reports and the manifest are identical whichever engine made the
 the Ray client (the `ray[client]` extra, installed with the project; with Ray's token
 authentication set RAY_AUTH_MODE=token and the head's token); `HOST:PORT` joins
 from a node of the cluster. The address is probed first, so an unreachable cluster fails
-within `PROBE_TIMEOUT_S` with one line instead of Ray's retry loop.
+within `PROBE_TIMEOUT_S` with one line instead of Ray's retry loop; a session the client
+server fails to start is asked for again, up to `CLIENT_ATTEMPTS` times.
 """
 
 import importlib.util
