@@ -36,9 +36,10 @@ from pipeline.shards import MASK_SCHEMA
 
 CLIENT_PREFIX = "ray://"
 PROBE_TIMEOUT_S = 30  # a silent (firewalled) address fails after this, well within a minute
-# The Ray client server starts one process per connection; now and then that process dies
-# while starting (a crash inside gRPC, more often on a loaded head), which the client sees as
-# "Initialization failure from server". A new connection gets a new process.
+# The Ray client server forks one process per connection; unless the head runs with
+# GRPC_ENABLE_FORK_SUPPORT=0, gRPC's fork handler now and then crashes that child before it
+# execs (more often on a loaded head), which the client sees as "Initialization failure from
+# server". A new connection gets a new process.
 CLIENT_ATTEMPTS = 3
 SESSION_CLOSED = "Request can't be sent because the Ray client has already been disconnected"
 GPU_ROWS_PER_CALL = 16
