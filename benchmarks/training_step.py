@@ -10,7 +10,10 @@ The reference is our network made as costly as the published SegPIC code
 - window attention with the published code's extra contiguous copies (qkv, bias, output);
 - the loss also computes MS-SSIM every step, as the published `RateDistortionLoss` does
   (it is logged, not optimised, in PSNR mode);
-- Adam in its default (for-each) form, not fused.
+- Adam in its default (for-each) form, not fused;
+- glibc's default allocator behaviour on a CPU: our modes keep freed memory in the heap
+  (`speed.keep_freed_memory`, as `segpic train` does on a CPU), which is process-wide and
+  one-way, so on a CPU every reference is measured before any of our modes.
 Everything else (layers, widths, objective) is the same network.
 """
 
@@ -165,6 +168,8 @@ class PeakMemory:
 
 
 def _step_function(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device) -> Callable[[], float]:
+    if device.type == "cpu" and not mode.published:
+        speed.keep_freed_memory()
     torch.manual_seed(2)
     model = build_model("segpic").to(device, memory_format=speed.memory_format(mode.channels_last)).train()
     if mode.bf16:

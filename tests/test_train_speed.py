@@ -4,6 +4,7 @@ Each must train the same objective: the loss curves of a tiny run agree with pla
 """
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,31 @@ def test_bf16_autocast_keeps_entropy_models_gdn_and_likelihoods_in_float32():
     assert torch.bfloat16 in {dtype for name, dtype in outputs.items() if name not in gdn}
     assert {likelihoods.dtype for likelihoods in output["likelihoods"].values()} == {torch.float32}
     assert torch.isfinite(rate_distortion(output, images, 0.013).loss)
+
+
+def test_bf16_training_learns_while_another_autocast_context_is_left_open():
+    """SAM 3's tracking predictor enters an autocast context for good when it is built; torch
+    then never clears autocast's weight cache, which froze the weights a bf16 run saw."""
+    images, label_maps = photo_crops(64, 4)
+    torch.manual_seed(0)
+    model = build_model("segpic", N=24, M=40).train()
+    speed.keep_float32_islands(model, "cpu")
+    optimizer = speed.adam(split_parameters(model)[0], 1e-3)
+    left_open = torch.autocast("cpu", dtype=torch.bfloat16, enabled=False)
+    left_open.__enter__()
+    try:
+        losses = []
+        for _ in range(10):
+            optimizer.zero_grad(set_to_none=True)
+            with speed.autocast(torch.device("cpu"), True):
+                output = model(images, mask=label_maps)
+            loss = rate_distortion(output, images, 0.013).loss
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        left_open.__exit__(None, None, None)
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def one_step_loss_and_gradients(channels_last: bool) -> tuple[float, dict[str, torch.Tensor]]:
@@ -97,6 +123,41 @@ def test_fused_adam_takes_the_main_and_aux_parameters():
     optimizer = speed.adam(main, 1e-4)
     assert optimizer.defaults["fused"] and len(optimizer.param_groups[0]["params"]) == len(main)
     assert all(name.endswith("quantiles") for name, p in model.named_parameters() if any(p is a for a in aux))
+
+
+REPEATED_STEP_FAULTS = """
+import resource, sys
+import torch
+from model.training import speed
+kept = speed.keep_freed_memory() if sys.argv[1] == "keep" else False
+
+def step():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    activations = [torch.ones(16 << 20), torch.ones(4 << 20), torch.ones(12 << 20)]  # 64, 16, 48 MiB
+    del activations
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+print(kept, [step() for _ in range(8)][-1])
+"""
+
+
+def faults_of_a_repeated_step(policy: str, **environment: str) -> tuple[str, int]:
+    """(whether the heap is kept, page faults of the 8th 'step' that allocates and frees the same tensors)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")} | environment
+    result = subprocess.run([sys.executable, "-c", REPEATED_STEP_FAULTS, policy], env=env, capture_output=True, text=True, check=True)
+    kept, faults = result.stdout.split()
+    return kept, int(faults)
+
+
+def test_kept_heap_serves_a_repeated_step_without_page_faults():
+    _, default_faults = faults_of_a_repeated_step("default")
+    kept, kept_faults = faults_of_a_repeated_step("keep")
+    assert kept == "True"
+    assert kept_faults * 10 < default_faults
+
+
+def test_the_heap_is_left_alone_when_the_user_tunes_malloc():
+    assert faults_of_a_repeated_step("keep", MALLOC_MMAP_THRESHOLD_="65536")[0] == "False"
 
 
 def loss_curve(live: Path, window: int) -> list[float]:
