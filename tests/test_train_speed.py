@@ -160,25 +160,25 @@ def test_the_heap_is_left_alone_when_the_user_tunes_malloc():
     assert faults_of_a_repeated_step("keep", MALLOC_MMAP_THRESHOLD_="65536")[0] == "False"
 
 
-def loss_curve(live: Path, window: int) -> list[float]:
-    """Means of the logged training loss over consecutive windows of `window` log rows."""
+def loss_curve(live: Path, window: int, skip: int = 0) -> list[float]:
+    """Means of the logged training loss over consecutive windows of `window` log rows, after the first `skip`."""
     with (live / "plots" / "metrics" / "train" / "loss.tsv").open(newline="") as stream:
-        values = [float(row["loss"]) for row in csv.DictReader(stream, delimiter="\t")]
+        values = [float(row["loss"]) for row in csv.DictReader(stream, delimiter="\t")][skip:]
     return [sum(values[i : i + window]) / window for i in range(0, len(values) - window + 1, window)]
 
 
 def train_in_a_fresh_process(shards: tuple[Path, Path], out: Path, *extra: str) -> Path:
-    """300 tiny-preset steps through `segpic train` in a new interpreter; returns the dvclive folder.
+    """300 tiny-preset steps at the published learning rate through `segpic train` in a new
+    interpreter, logged every 10 steps; returns the dvclive folder.
 
-    A fresh process keeps global torch state that other tests leave behind (threads, matmul
-    precision, backend flags) out of the numerics: run inside the test process after the rest
-    of the suite, the bf16 run once diverged (mean loss 260 against fp32's 34).
+    A fresh process keeps global torch state that other tests leave behind (threads, backend
+    flags, autocast contexts left open) out of the comparison.
     """
     images, masks = shards
     command = [
         str(Path(sys.executable).parent / "segpic"), "train", "--images", str(images), "--partition", f"masks:{masks}",
         "--out", str(out), "--preset", "tiny", "--crop", "64", "--batch-size", "4", "--steps", "300",
-        "--val-every", "300", "--checkpoint-every", "300", "--log-every", "10", "--lr", "2e-4", "--no-progress", *extra,
+        "--val-every", "300", "--checkpoint-every", "300", "--log-every", "10", "--lr", "1e-4", "--no-progress", *extra,
     ]
     subprocess.run(command, check=True, capture_output=True)
     return out / "live"
@@ -186,18 +186,19 @@ def train_in_a_fresh_process(shards: tuple[Path, Path], out: Path, *extra: str) 
 
 @pytest.mark.slow
 def test_bf16_and_fp32_loss_curves_agree_over_300_steps(shards, tmp_path):  # noqa: F811
-    """Same data, same seed, 300 steps of the tiny preset at lr 2e-4: the curves agree.
+    """Same data, same seed, 300 tiny-preset steps at lr 1e-4: after the first 50 steps, every
+    50-step window of the bf16 loss curve is within 2 % of fp32's.
 
-    The quantisation noise makes two runs whose numerics differ at all drift apart step by
-    step, so the curve is compared as means: over all 300 steps within 2 %, and over each
-    100-step window within 5 % (measured on this CPU: 0.8 % overall, at most 2.6 % per window).
+    Measured on this CPU: at most 0.52 % (fp32 run with two threads instead of one: 0.36 %).
+    At twice that rate training is chaotic (loss spikes whose timing depends on the last bits):
+    fp32 with two threads then differs from fp32 with one by 4.4 % in a window, so no two runs
+    whose numerics differ at all can be held to 2 % there.
     """
     reference_live = train_in_a_fresh_process(shards, tmp_path / "fp32")
     fast_live = train_in_a_fresh_process(shards, tmp_path / "bf16", "--bf16")
-    reference, fast = loss_curve(reference_live, 30), loss_curve(fast_live, 30)
-    assert reference[0] < 0.5 * loss_curve(reference_live, 1)[0]  # it trained: these are learning curves
-    assert abs(fast[0] - reference[0]) <= 0.02 * reference[0]
-    windows, fast_windows = loss_curve(reference_live, 10), loss_curve(fast_live, 10)
-    assert len(windows) == len(fast_windows) == 3
+    assert loss_curve(reference_live, 5)[1] < 0.5 * loss_curve(reference_live, 1)[0]  # it trained: learning curves
+    windows, fast_windows = loss_curve(reference_live, 5, skip=5), loss_curve(fast_live, 5, skip=5)
+    assert len(windows) == len(fast_windows) == 5
     for index, (expected, value) in enumerate(zip(windows, fast_windows)):
-        assert abs(value - expected) <= 0.05 * expected, f"steps {100 * index}-{100 * index + 100}: {value} vs {expected}"
+        first = 50 * (index + 1)
+        assert abs(value - expected) <= 0.02 * expected, f"steps {first}-{first + 50}: {value} vs {expected}"
