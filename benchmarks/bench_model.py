@@ -371,7 +371,7 @@ if __name__ == "__main__":
         training = (
             arguments.train_batch or TRAIN_BATCHES[device.type],
             arguments.train_size,
-            arguments.train_repeats or (10 if device.type == "cuda" else 2),
+            arguments.train_repeats or (10 if device.type == "cuda" else 3),
             device.type == "cuda" if arguments.compile is None else arguments.compile,
         )
         main(
