@@ -10,10 +10,11 @@ The reference is our network made as costly as the published SegPIC code
 - window attention with the published code's extra contiguous copies (qkv, bias, output);
 - the loss also computes MS-SSIM every step, as the published `RateDistortionLoss` does
   (it is logged, not optimised, in PSNR mode);
+- GDN differentiated by autograd op by op (CompressAI's layer), not our fused backward;
 - Adam in its default (for-each) form, not fused;
 - glibc's default allocator behaviour on a CPU: our modes keep freed memory in the heap
   (`speed.keep_freed_memory`, as `segpic train` does on a CPU), which is process-wide and
-  one-way, so on a CPU every reference is measured before any of our modes.
+  one-way, so on a CPU each mode runs in a process of its own (`bench_model.py`).
 Everything else (layers, widths, objective) is the same network.
 """
 
@@ -26,10 +27,11 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from compressai.layers import GDN as CompressAIGDN
 from pytorch_msssim import ms_ssim
 from torch import Tensor
 
-from model import plain, rat
+from model import gdn, plain, rat
 from model.attention import (
     ShiftedWindowAttention,
     WindowMultiHeadAttention,
@@ -109,6 +111,7 @@ def published_cost() -> Iterator[None]:
         )
         stack.enter_context(mock.patch.object(WindowMultiHeadAttention, "forward", published_window_attention))
         stack.enter_context(mock.patch.object(ShiftedWindowAttention, "forward", published_shifted_attention))
+        stack.enter_context(mock.patch.object(gdn.GDN, "forward", CompressAIGDN.forward))
         yield
 
 
@@ -167,7 +170,7 @@ class PeakMemory:
         return _status_kib("VmHWM") * 1024 - self._base
 
 
-def _step_function(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device) -> Callable[[], float]:
+def step_function(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device) -> Callable[[], float]:
     if device.type == "cpu" and not mode.published:
         speed.keep_freed_memory()
     torch.manual_seed(2)
@@ -221,7 +224,7 @@ def measure(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device, repe
     MALLOC_MMAP_THRESHOLD_, see `bench_model.cpu_training_peak`).
     """
     with published_cost() if mode.published else contextlib.nullcontext():
-        step = _step_function(mode, batch, device)
+        step = step_function(mode, batch, device)
         for _ in range(2):
             step()
         times = []
