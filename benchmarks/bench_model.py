@@ -12,7 +12,8 @@ Prints, for each item, the plain and the fast figure and their ratio next to the
   label maps of real photographs: step time and peak memory of the published-cost reference
   (our network made as costly as the published code, see `training_step.py`), ours in fp32,
   under bf16 autocast and compiled; `--device cuda` runs it at batch 8 and 16 (under 5 minutes
-  on one GPU), the CPU default is batch 2;
+  on one GPU), the CPU default is batch 2, each mode in a process of its own, their steps
+  taken in turn so that all see the same load from the rest of the machine;
 - compress + decompress of `--image` (default: the first sample photograph; Kodak's
   kodim01.png for the 768×512 case) with random weights after `update()`, plain = plain kernels + the published
   list-based y coder patched into `model.entropy_coding`, against our published-compatible
@@ -33,7 +34,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -169,7 +169,7 @@ def cpu_training_peak(mode: training_step.Mode, size: int, batch: int) -> int:
 
 def probe_training_memory(name: str, size: int, batch: int) -> int:
     torch.set_num_threads(1)
-    mode = next(mode for mode in training_step.MODES if mode.name == name)
+    mode = mode_named(name)
     return training_step.measure(mode, photo_batch(size, batch), torch.device("cpu"), repeats=1).peak_bytes
 
 
@@ -260,20 +260,74 @@ def bench_pooling() -> None:
     )
 
 
+def serve_training_steps(name: str, size: int, batch: int) -> None:
+    """Child of `interleaved_cpu_steps`: one training step per line read, answering its CPU seconds and loss."""
+    torch.set_num_threads(1)
+    mode = mode_named(name)
+    with training_step.published_cost() if mode.published else contextlib.nullcontext():
+        step = training_step.step_function(mode, photo_batch(size, batch), torch.device("cpu"))
+        print("ready", flush=True)
+        for _ in sys.stdin:
+            start = time.process_time()
+            loss = step()
+            print(time.process_time() - start, float(loss), flush=True)
+
+
+def interleaved_cpu_steps(modes: list[training_step.Mode], size: int, batch: int, repeats: int) -> dict:
+    """Best CPU seconds and last loss of each mode, one process per mode, their steps taken in turn.
+
+    Each mode keeps its own allocator state (ours keep freed memory in the heap, the reference
+    has glibc's defaults), and taking the steps round by round, after two warm-up rounds, puts
+    every mode under the same load from the other processes of a shared machine.
+    """
+    command = [sys.executable, __file__, "--train-size", str(size), "--train-batch", str(batch), "--serve-training-steps"]
+    children = {
+        mode: subprocess.Popen([*command, mode.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for mode in modes
+    }
+    results: dict = {mode: [] for mode in modes}
+    try:
+        for child in children.values():
+            if child.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"training-step child {child.args} failed to start")
+        for _ in range(2 + repeats):
+            for mode, child in children.items():
+                child.stdin.write("step\n")
+                child.stdin.flush()
+                seconds, loss = child.stdout.readline().split()
+                results[mode].append((float(seconds), float(loss)))
+    finally:
+        for child in children.values():
+            child.stdin.close()
+            child.wait()
+    return {mode: (min(seconds for seconds, _ in steps[2:]), steps[-1][1]) for mode, steps in results.items()}
+
+
 def bench_training_step(device: torch.device, batches: list[int], size: int, repeats: int, compiled: bool) -> None:
-    """Step time and peak memory of each mode of `training_step` (see there for the reference), row by row."""
+    """Step time and peak memory of each mode of `training_step` (see there for the reference), row by row.
+
+    On a CPU the modes run in turn in processes of their own (`interleaved_cpu_steps`), and the
+    peak memory in one more per mode (`cpu_training_peak`).
+    """
     modes = [mode for mode in training_step.MODES if compiled or not mode.compile]
     print(f"training step, N=192 M=320, {size}x{size}, SLIC masks, on {device} (target >=1.3x on CPU)")
     training_step.print_header()
     for batch in batches:
-        images, label_maps = photo_batch(size, batch)
-        reference = None
-        for mode in modes:
-            measurement = training_step.measure(mode, (images, label_maps), device, repeats)
-            if device.type == "cpu":
-                measurement = replace(measurement, peak_bytes=cpu_training_peak(mode, size, batch))
-            reference = measurement if mode.published else reference
-            training_step.print_row(measurement, reference)
+        if device.type == "cpu":
+            best = interleaved_cpu_steps(modes, size, batch, repeats)
+            measurements = []
+            for mode in modes:
+                seconds, loss = best[mode]
+                measurements.append(training_step.Measurement(mode, batch, seconds, cpu_training_peak(mode, size, batch), loss))
+        else:
+            images_and_labels = photo_batch(size, batch)
+            measurements = [training_step.measure(mode, images_and_labels, device, repeats) for mode in modes]
+        for measurement in measurements:
+            training_step.print_row(measurement, measurements[0])
+
+
+def mode_named(name: str) -> training_step.Mode:
+    return next(mode for mode in training_step.MODES if mode.name == name)
 
 
 def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -348,6 +402,7 @@ if __name__ == "__main__":
     parser.add_argument("--only-codec", action="store_true", help="run the codec benchmark alone")
     parser.add_argument("--probe-dps-memory", choices=("plain", "fast"), help=argparse.SUPPRESS)
     parser.add_argument("--probe-training-memory", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-training-steps", help=argparse.SUPPRESS)
     parser.add_argument("--train-batch", type=int, nargs="+", default=None,
                         help=f"training-step batch sizes (default {TRAIN_BATCHES['cuda']} on cuda, {TRAIN_BATCHES['cpu']} on cpu)")
     parser.add_argument("--train-size", type=int, default=TRAIN_SIZE, help="training crop side")
@@ -360,6 +415,8 @@ if __name__ == "__main__":
         print(probe_dps_memory(arguments.probe_dps_memory))
     elif arguments.probe_training_memory:
         print(probe_training_memory(arguments.probe_training_memory, arguments.train_size, arguments.train_batch[0]))
+    elif arguments.serve_training_steps:
+        serve_training_steps(arguments.serve_training_steps, arguments.train_size, arguments.train_batch[0])
     else:
         if arguments.train_size % 64 or arguments.train_size < MIN_TRAIN_SIZE:
             parser.error(f"--train-size must be a multiple of 64 of at least {MIN_TRAIN_SIZE} (MS-SSIM's 4 downsamplings)")
@@ -367,7 +424,7 @@ if __name__ == "__main__":
         training = (
             arguments.train_batch or TRAIN_BATCHES[device.type],
             arguments.train_size,
-            arguments.train_repeats or (10 if device.type == "cuda" else 2),
+            arguments.train_repeats or (10 if device.type == "cuda" else 3),
             device.type == "cuda" if arguments.compile is None else arguments.compile,
         )
         main(

@@ -10,7 +10,11 @@ The reference is our network made as costly as the published SegPIC code
 - window attention with the published code's extra contiguous copies (qkv, bias, output);
 - the loss also computes MS-SSIM every step, as the published `RateDistortionLoss` does
   (it is logged, not optimised, in PSNR mode);
-- Adam in its default (for-each) form, not fused.
+- GDN differentiated by autograd op by op (CompressAI's layer), not our fused backward;
+- Adam in its default (for-each) form, not fused;
+- glibc's default allocator behaviour on a CPU: our modes keep freed memory in the heap
+  (`speed.keep_freed_memory`, as `segpic train` does on a CPU), which is process-wide and
+  one-way, so on a CPU each mode runs in a process of its own (`bench_model.py`).
 Everything else (layers, widths, objective) is the same network.
 """
 
@@ -23,10 +27,11 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from compressai.layers import GDN as CompressAIGDN
 from pytorch_msssim import ms_ssim
 from torch import Tensor
 
-from model import plain, rat
+from model import gdn, plain, rat
 from model.attention import (
     ShiftedWindowAttention,
     WindowMultiHeadAttention,
@@ -106,6 +111,7 @@ def published_cost() -> Iterator[None]:
         )
         stack.enter_context(mock.patch.object(WindowMultiHeadAttention, "forward", published_window_attention))
         stack.enter_context(mock.patch.object(ShiftedWindowAttention, "forward", published_shifted_attention))
+        stack.enter_context(mock.patch.object(gdn.GDN, "forward", CompressAIGDN.forward))
         yield
 
 
@@ -164,7 +170,9 @@ class PeakMemory:
         return _status_kib("VmHWM") * 1024 - self._base
 
 
-def _step_function(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device) -> Callable[[], float]:
+def step_function(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device) -> Callable[[], float]:
+    if device.type == "cpu" and not mode.published:
+        speed.keep_freed_memory()
     torch.manual_seed(2)
     model = build_model("segpic").to(device, memory_format=speed.memory_format(mode.channels_last)).train()
     if mode.bf16:
@@ -216,7 +224,7 @@ def measure(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device, repe
     MALLOC_MMAP_THRESHOLD_, see `bench_model.cpu_training_peak`).
     """
     with published_cost() if mode.published else contextlib.nullcontext():
-        step = _step_function(mode, batch, device)
+        step = step_function(mode, batch, device)
         for _ in range(2):
             step()
         times = []

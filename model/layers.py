@@ -6,8 +6,10 @@ below is part of the checkpoint format and must not move.
 """
 
 import torch
-from compressai.layers import GDN, conv1x1, conv3x3, subpel_conv3x3
+from compressai.layers import conv1x1, conv3x3, subpel_conv3x3
 from torch import nn
+
+from model.gdn import GDN
 
 # The published ChARM slice transforms were sized for M = 320 latent channels.
 PUBLISHED_M = 320

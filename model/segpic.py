@@ -14,7 +14,7 @@ own bottlenecks (`entropy_bottleneck_b` at 1/4 scale, `entropy_bottleneck_b2` at
 import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
-from compressai.layers import GDN, conv1x1
+from compressai.layers import conv1x1
 from torch import nn
 
 from model import rat
@@ -26,6 +26,7 @@ from model.entropy_coding import (
     dtype_of,
     symbol_checksums,
 )
+from model.gdn import GDN
 from model.layers import SALDown, SALUp
 
 SYNTHESIS_OUT_CHANNELS = 32

@@ -10,11 +10,11 @@ and evaluation code drive both through one protocol.
 """
 
 import torch
-from compressai.layers import GDN
 from torch import nn
 
 from model.attention import AttentionBlock
 from model.entropy_coding import ChannelAutoregressiveCodec, bit_estimate, dtype_of, symbol_checksums
+from model.gdn import GDN
 from model.layers import conv, deconv
 
 

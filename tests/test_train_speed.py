@@ -4,6 +4,7 @@ Each must train the same objective: the loss curves of a tiny run agree with pla
 """
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,31 @@ def test_bf16_autocast_keeps_entropy_models_gdn_and_likelihoods_in_float32():
     assert torch.bfloat16 in {dtype for name, dtype in outputs.items() if name not in gdn}
     assert {likelihoods.dtype for likelihoods in output["likelihoods"].values()} == {torch.float32}
     assert torch.isfinite(rate_distortion(output, images, 0.013).loss)
+
+
+def test_bf16_training_learns_while_another_autocast_context_is_left_open():
+    """SAM 3's tracking predictor enters an autocast context for good when it is built; torch
+    then never clears autocast's weight cache, which froze the weights a bf16 run saw."""
+    images, label_maps = photo_crops(64, 4)
+    torch.manual_seed(0)
+    model = build_model("segpic", N=24, M=40).train()
+    speed.keep_float32_islands(model, "cpu")
+    optimizer = speed.adam(split_parameters(model)[0], 1e-3)
+    left_open = torch.autocast("cpu", dtype=torch.bfloat16, enabled=False)
+    left_open.__enter__()
+    try:
+        losses = []
+        for _ in range(10):
+            optimizer.zero_grad(set_to_none=True)
+            with speed.autocast(torch.device("cpu"), True):
+                output = model(images, mask=label_maps)
+            loss = rate_distortion(output, images, 0.013).loss
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        left_open.__exit__(None, None, None)
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def one_step_loss_and_gradients(channels_last: bool) -> tuple[float, dict[str, torch.Tensor]]:
@@ -99,25 +125,60 @@ def test_fused_adam_takes_the_main_and_aux_parameters():
     assert all(name.endswith("quantiles") for name, p in model.named_parameters() if any(p is a for a in aux))
 
 
-def loss_curve(live: Path, window: int) -> list[float]:
-    """Means of the logged training loss over consecutive windows of `window` log rows."""
+REPEATED_STEP_FAULTS = """
+import resource, sys
+import torch
+from model.training import speed
+kept = speed.keep_freed_memory() if sys.argv[1] == "keep" else False
+
+def step():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    activations = [torch.ones(16 << 20), torch.ones(4 << 20), torch.ones(12 << 20)]  # 64, 16, 48 MiB
+    del activations
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+print(kept, [step() for _ in range(8)][-1])
+"""
+
+
+def faults_of_a_repeated_step(policy: str, **environment: str) -> tuple[str, int]:
+    """(whether the heap is kept, page faults of the 8th 'step' that allocates and frees the same tensors)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")} | environment
+    result = subprocess.run([sys.executable, "-c", REPEATED_STEP_FAULTS, policy], env=env, capture_output=True, text=True, check=True)
+    kept, faults = result.stdout.split()
+    return kept, int(faults)
+
+
+def test_kept_heap_serves_a_repeated_step_without_page_faults():
+    _, default_faults = faults_of_a_repeated_step("default")
+    kept, kept_faults = faults_of_a_repeated_step("keep")
+    assert kept == "True"
+    assert kept_faults * 10 < default_faults
+
+
+def test_the_heap_is_left_alone_when_the_user_tunes_malloc():
+    assert faults_of_a_repeated_step("keep", MALLOC_MMAP_THRESHOLD_="65536")[0] == "False"
+
+
+def loss_curve(live: Path, window: int, skip: int = 0) -> list[float]:
+    """Means of the logged training loss over consecutive windows of `window` log rows, after the first `skip`."""
     with (live / "plots" / "metrics" / "train" / "loss.tsv").open(newline="") as stream:
-        values = [float(row["loss"]) for row in csv.DictReader(stream, delimiter="\t")]
+        values = [float(row["loss"]) for row in csv.DictReader(stream, delimiter="\t")][skip:]
     return [sum(values[i : i + window]) / window for i in range(0, len(values) - window + 1, window)]
 
 
 def train_in_a_fresh_process(shards: tuple[Path, Path], out: Path, *extra: str) -> Path:
-    """300 tiny-preset steps through `segpic train` in a new interpreter; returns the dvclive folder.
+    """300 tiny-preset steps at the published learning rate through `segpic train` in a new
+    interpreter, logged every 10 steps; returns the dvclive folder.
 
-    A fresh process keeps global torch state that other tests leave behind (threads, matmul
-    precision, backend flags) out of the numerics: run inside the test process after the rest
-    of the suite, the bf16 run once diverged (mean loss 260 against fp32's 34).
+    A fresh process keeps global torch state that other tests leave behind (threads, backend
+    flags, autocast contexts left open) out of the comparison.
     """
     images, masks = shards
     command = [
         str(Path(sys.executable).parent / "segpic"), "train", "--images", str(images), "--partition", f"masks:{masks}",
         "--out", str(out), "--preset", "tiny", "--crop", "64", "--batch-size", "4", "--steps", "300",
-        "--val-every", "300", "--checkpoint-every", "300", "--log-every", "10", "--lr", "2e-4", "--no-progress", *extra,
+        "--val-every", "300", "--checkpoint-every", "300", "--log-every", "10", "--lr", "1e-4", "--no-progress", *extra,
     ]
     subprocess.run(command, check=True, capture_output=True)
     return out / "live"
@@ -125,18 +186,19 @@ def train_in_a_fresh_process(shards: tuple[Path, Path], out: Path, *extra: str) 
 
 @pytest.mark.slow
 def test_bf16_and_fp32_loss_curves_agree_over_300_steps(shards, tmp_path):  # noqa: F811
-    """Same data, same seed, 300 steps of the tiny preset at lr 2e-4: the curves agree.
+    """Same data, same seed, 300 tiny-preset steps at lr 1e-4: after the first 50 steps, every
+    50-step window of the bf16 loss curve is within 2 % of fp32's.
 
-    The quantisation noise makes two runs whose numerics differ at all drift apart step by
-    step, so the curve is compared as means: over all 300 steps within 2 %, and over each
-    100-step window within 5 % (measured on this CPU: 0.8 % overall, at most 2.6 % per window).
+    Measured on this CPU: at most 0.52 % (fp32 run with two threads instead of one: 0.36 %).
+    At twice that rate training is chaotic (loss spikes whose timing depends on the last bits):
+    fp32 with two threads then differs from fp32 with one by 4.4 % in a window, so no two runs
+    whose numerics differ at all can be held to 2 % there.
     """
     reference_live = train_in_a_fresh_process(shards, tmp_path / "fp32")
     fast_live = train_in_a_fresh_process(shards, tmp_path / "bf16", "--bf16")
-    reference, fast = loss_curve(reference_live, 30), loss_curve(fast_live, 30)
-    assert reference[0] < 0.5 * loss_curve(reference_live, 1)[0]  # it trained: these are learning curves
-    assert abs(fast[0] - reference[0]) <= 0.02 * reference[0]
-    windows, fast_windows = loss_curve(reference_live, 10), loss_curve(fast_live, 10)
-    assert len(windows) == len(fast_windows) == 3
+    assert loss_curve(reference_live, 5)[1] < 0.5 * loss_curve(reference_live, 1)[0]  # it trained: learning curves
+    windows, fast_windows = loss_curve(reference_live, 5, skip=5), loss_curve(fast_live, 5, skip=5)
+    assert len(windows) == len(fast_windows) == 5
     for index, (expected, value) in enumerate(zip(windows, fast_windows)):
-        assert abs(value - expected) <= 0.05 * expected, f"steps {100 * index}-{100 * index + 100}: {value} vs {expected}"
+        first = 50 * (index + 1)
+        assert abs(value - expected) <= 0.02 * expected, f"steps {first}-{first + 50}: {value} vs {expected}"

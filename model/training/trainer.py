@@ -78,6 +78,8 @@ class Session:
     progress: Progress
     changes: list[dict[str, Any]] = field(default_factory=list)
     """Settings changed on resume with --allow-change: step, setting, from, to."""
+    heap_kept: bool = False
+    """Freed CPU memory stays in the heap (`speed.keep_freed_memory`)."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return speed.autocast(self.group.device, self.config.bf16)
@@ -201,6 +203,7 @@ def open_session(config: TrainConfig, group: distributed.ProcessGroup) -> Sessio
     aux_optimizer = speed.adam(aux_parameters, config.aux_lr)
     scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience)
     session = Session(config, group, data, model, model, optimizer, aux_optimizer, scheduler, Progress())
+    session.heap_kept = group.device.type == "cpu" and speed.keep_freed_memory()
     if config.resume and config.checkpoint_path.is_file():
         _resume(session)
     session.network = speed.compiled(group.wrap(model), config.compile)
@@ -284,6 +287,7 @@ def _summary(session: Session, last: dict[str, dict[str, float]], seconds: float
             "lr": session.optimizer.param_groups[0]["lr"],
             "aux_lr": session.aux_optimizer.param_groups[0]["lr"],
             "torch_threads": torch.get_num_threads(),
+            "cpu_heap_kept": session.heap_kept,
         },
         "changes": session.changes,
     }
