@@ -4,7 +4,8 @@ Exact mode repeats the predictor's steps on the same tensors (resize with its
 `ResizeLongestSide`, normalise and pad with `Sam.preprocess`, float64 prompt coordinates,
 `Sam.postprocess_masks`), so masks equal stock AMG's. Fast mode runs the image encoder
 under bf16 autocast and every attention layer through `scaled_dot_product_attention`
-(the same softmax(q k^T / sqrt(d) + bias) v, fused), optionally with `torch.compile`;
+(the same softmax(q k^T / sqrt(d) + bias) v, fused), optionally with `torch.compile`, and
+decodes prompts with the image side computed once per crop (`sam_shared_decoder`);
 how far its masks move from exact mode's is measured (`pipeline.generators.agreement`).
 """
 
@@ -21,6 +22,7 @@ from segment_anything.modeling import image_encoder, transformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from pipeline.generators.prompt_models import PromptableSegmenter
+from pipeline.generators.sam_shared_decoder import decode_point_prompts
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,9 @@ class SamSegmenter(PromptableSegmenter):
         coords[:, 1] = coords[:, 1] * (new_h / old_h)
         labels = torch.ones((coords.shape[0], 1), dtype=torch.int, device=coords.device)
         sparse, dense = self.sam.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
+        if self.fast:
+            image_pe = self.sam.prompt_encoder.get_dense_pe()
+            return decode_point_prompts(self.sam.mask_decoder, embedding.features, image_pe, sparse, dense)
         return self.sam.mask_decoder(
             image_embeddings=embedding.features,
             image_pe=self.sam.prompt_encoder.get_dense_pe(),

@@ -1,0 +1,66 @@
+"""Fast mode's shared-image mask decoder computes what stock `MaskDecoder` computes, prompt for prompt."""
+
+import numpy as np
+import pytest
+import torch
+from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+from pipeline.generators.sam_segmenter import SamSegmenter
+from pipeline.generators.sam_shared_decoder import decode_point_prompts
+from random_sams import photo, tiny_sam
+
+
+def published_size_decoder(seed: int) -> tuple[PromptEncoder, MaskDecoder]:
+    """SAM's prompt encoder and mask decoder at their published sizes (every SAM 1 model shares them), random weights."""
+    torch.manual_seed(seed)
+    prompts = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16)
+    decoder = MaskDecoder(
+        num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+    )
+    with torch.no_grad():  # default init gives near-zero logits; spread the weights so masks have real boundaries
+        for parameter in decoder.parameters():
+            parameter.mul_(3.0)
+    return prompts.eval(), decoder.eval()
+
+
+@pytest.mark.parametrize("prompt_count", [1, 5, 16])
+def test_logits_and_ious_equal_stock_decoder_at_published_size(prompt_count, one_torch_thread):
+    prompts, decoder = published_size_decoder(seed=prompt_count)
+    features = torch.randn(1, 256, 64, 64)
+    points = torch.rand(prompt_count, 1, 2) * 1024
+    with torch.inference_mode():
+        sparse, dense = prompts(points=(points, torch.ones(prompt_count, 1, dtype=torch.int)), boxes=None, masks=None)
+        image_pe = prompts.get_dense_pe()
+        stock_logits, stock_ious = decoder(features, image_pe, sparse, dense, multimask_output=True)
+    logits, ious = decode_point_prompts(decoder, features, image_pe, sparse, dense)
+    assert logits.shape == stock_logits.shape == (prompt_count, 3, 256, 256)
+    scale = float(stock_logits.abs().max())
+    assert scale > 1.0  # real masks, not all-zero logits
+    assert float((logits - stock_logits).abs().max()) < 1e-4 * scale
+    assert float((ious - stock_ious).abs().max()) < 1e-4 * float(stock_ious.abs().max())
+    assert float(((logits > 0) == (stock_logits > 0)).float().mean()) > 0.9999
+
+
+def test_prompts_decoded_together_equal_prompts_decoded_alone(one_torch_thread):
+    prompts, decoder = published_size_decoder(seed=7)
+    features = torch.randn(1, 256, 64, 64)
+    points = torch.rand(4, 1, 2) * 1024
+    with torch.inference_mode():
+        sparse, dense = prompts(points=(points, torch.ones(4, 1, dtype=torch.int)), boxes=None, masks=None)
+        image_pe = prompts.get_dense_pe()
+    together, _ = decode_point_prompts(decoder, features, image_pe, sparse, dense)
+    alone = torch.cat([decode_point_prompts(decoder, features, image_pe, sparse[i : i + 1], dense[i : i + 1])[0] for i in range(4)])
+    assert torch.allclose(together, alone, atol=1e-4 * float(together.abs().max()))
+
+
+def test_fast_segmenter_decodes_with_the_shared_decoder_and_stays_close_to_exact(one_torch_thread):
+    sam = tiny_sam()
+    exact, fast = SamSegmenter(sam), SamSegmenter(sam, fast=True)
+    embedding = exact.embed([photo(0, 96)])[0]
+    points = torch.tensor(np.array([[10.0, 20.0], [40.0, 30.0], [90.0, 60.0]]))
+    exact_logits, exact_ious = exact.predict_points(embedding, points)
+    fast_logits, fast_ious = fast.predict_points(embedding, points)
+    assert fast_logits.shape == exact_logits.shape == (3, 3, 16, 16)
+    assert torch.allclose(fast_logits, exact_logits, atol=1e-4) and torch.allclose(fast_ious, exact_ious, atol=1e-4)
+    assert not torch.equal(fast_logits, exact_logits)  # other arithmetic: fast mode really took the shared path
