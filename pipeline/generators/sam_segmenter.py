@@ -129,12 +129,12 @@ class SamSegmenter(PromptableSegmenter):
         coords[:, 1] = coords[:, 1] * (new_h / old_h)
         labels = torch.ones((coords.shape[0], 1), dtype=torch.int, device=coords.device)
         sparse, dense = self.sam.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
+        image_pe = self.sam.prompt_encoder.get_dense_pe()
         if self.fast:
-            image_pe = self.sam.prompt_encoder.get_dense_pe()
             return decode_point_prompts(self.sam.mask_decoder, embedding.features, image_pe, sparse, dense)
         return self.sam.mask_decoder(
             image_embeddings=embedding.features,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=True,

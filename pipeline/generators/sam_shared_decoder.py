@@ -20,7 +20,6 @@ measured (`pipeline.generators.agreement`), never assumed.
 import math
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 from torch import Tensor
