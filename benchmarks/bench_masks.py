@@ -8,7 +8,8 @@ with random weights box NMS then merges most survivors). One run prints:
 
 - stock s/image, exact mode s/image and ratio (and whether its masks equal stock's, mask
   for mask), fast mode s/image and ratio, each split into image encoder, mask decoder (the
-  network's prompt part, the same calls in stock and exact mode) and the rest (filters,
+  network's prompt part: stock's `MaskDecoder` calls; our `predict_candidates`, which in fast
+  mode includes making low-res masks for the prompts with a survivor) and the rest (filters,
   upsampling, NMS, label map), with speed-ups after the encoder and after the decoder;
 - fast mode's agreement with exact mode: median and 5th percentile per-prompt mask IoU,
   mean label-map agreement;
@@ -147,7 +148,7 @@ def time_engine(segmenter: SamSegmenter, settings: AmgSettings, images: list[np.
     """Our engine's timing, label maps and engine on all images at once, `batch` crops per encoder call."""
     total, encoder, decoder = Timer(device), Timer(device), Timer(device)
     engine = AmgEngine(segmenter, settings, image_batch=batch, all_prompts=fast and device.type == "cuda")
-    with timing(segmenter, "embed", encoder), timing(segmenter.sam.mask_decoder, "forward", decoder):
+    with timing(segmenter, "embed", encoder), timing(segmenter, "predict_candidates", decoder):
         results = total.wrap(engine.label_maps)(images, LabelMapRule())
     return Timing(total.seconds, encoder.seconds, decoder.seconds), results, engine
 

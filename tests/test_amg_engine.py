@@ -9,6 +9,7 @@ from segment_anything import SamAutomaticMaskGenerator
 
 from pipeline.generators.agreement import label_map_agreement, prompt_mask_ious
 from pipeline.generators.amg_engine import AmgEngine, AmgSettings
+from pipeline.generators.prompt_models import PromptableSegmenter
 from pipeline.generators.sam_segmenter import SamSegmenter, use_sdpa_attention
 from pipeline.label_maps import LabelMapRule, RegionMask, masks_to_label_map
 from random_sams import photo, tiny_sam
@@ -37,7 +38,7 @@ def stock_masks(sam, settings: dict, image: np.ndarray) -> list[dict]:
     return SamAutomaticMaskGenerator(sam, **settings).generate(image)
 
 
-class OutOfMemoryOnce:
+class OutOfMemoryOnce(PromptableSegmenter):
     """A segmenter that fails like a full GPU the first time it gets more than `crops` crops or `prompts` prompts."""
 
     def __init__(self, segmenter: SamSegmenter, crops: int, prompts: int) -> None:

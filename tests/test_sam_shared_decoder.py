@@ -6,7 +6,7 @@ import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from pipeline.generators.sam_segmenter import SamSegmenter
-from pipeline.generators.sam_shared_decoder import decode_point_prompts
+from pipeline.generators.sam_shared_decoder import decode_point_prompts, decode_prompt_tokens, upscale_masks
 from random_sams import photo, tiny_sam
 
 
@@ -51,7 +51,27 @@ def test_prompts_decoded_together_equal_prompts_decoded_alone(one_torch_thread):
         image_pe = prompts.get_dense_pe()
     together, _ = decode_point_prompts(decoder, features, image_pe, sparse, dense)
     alone = torch.cat([decode_point_prompts(decoder, features, image_pe, sparse[i : i + 1], dense[i : i + 1])[0] for i in range(4)])
-    assert torch.allclose(together, alone, atol=1e-4 * float(together.abs().max()))
+    # Different batch sizes take other matrix-product kernels; with these amplified weights fp32
+    # rounding then moves logits by up to ~2e-4 of their range (stock itself moves as much).
+    assert torch.allclose(together, alone, atol=3e-4 * float(together.abs().max()))
+    assert float(((together > 0) == (alone > 0)).float().mean()) > 0.9999
+
+
+def test_masks_are_upscaled_for_the_chosen_prompts_only(one_torch_thread):
+    prompts, decoder = published_size_decoder(seed=3)
+    features = torch.randn(1, 256, 64, 64)
+    points = torch.rand(6, 1, 2) * 1024
+    with torch.inference_mode():
+        sparse, dense = prompts(points=(points, torch.ones(6, 1, dtype=torch.int)), boxes=None, masks=None)
+        image_pe = prompts.get_dense_pe()
+    every, ious = decode_point_prompts(decoder, features, image_pe, sparse, dense)
+    decoded, token_ious = decode_prompt_tokens(decoder, features, image_pe, sparse, dense)
+    chosen = torch.tensor([4, 1])
+    assert torch.equal(token_ious, ious)
+    chosen_masks = upscale_masks(decoder, decoded, chosen)
+    assert chosen_masks.shape == (2, 3, 256, 256)
+    assert torch.allclose(chosen_masks, every[chosen], atol=1e-5 * float(every.abs().max()))
+    assert upscale_masks(decoder, decoded, torch.tensor([], dtype=torch.long)).shape == (0, 3, 256, 256)
 
 
 def test_fast_segmenter_decodes_with_the_shared_decoder_and_stays_close_to_exact(one_torch_thread):
@@ -64,3 +84,17 @@ def test_fast_segmenter_decodes_with_the_shared_decoder_and_stays_close_to_exact
     assert fast_logits.shape == exact_logits.shape == (3, 3, 16, 16)
     assert torch.allclose(fast_logits, exact_logits, atol=1e-4) and torch.allclose(fast_ious, exact_ious, atol=1e-4)
     assert not torch.equal(fast_logits, exact_logits)  # other arithmetic: fast mode really took the shared path
+
+
+def test_fast_candidates_are_the_predicted_iou_filter_of_all_outputs(one_torch_thread):
+    sam = tiny_sam()
+    fast = SamSegmenter(sam, fast=True)
+    embedding = fast.embed([photo(1, 96)])[0]
+    points = torch.tensor(np.array([[10.0, 20.0], [40.0, 30.0], [90.0, 60.0], [60.0, 80.0], [5.0, 90.0]]))
+    logits, ious = fast.predict_points(embedding, points)
+    threshold = float(ious.max(dim=1).values.median())  # two of the five prompts keep a candidate
+    kept_logits, kept_ious = fast.predict_candidates(embedding, points, threshold)
+    keep = ious > threshold
+    assert keep.any(dim=1).any() and not keep.any(dim=1).all()  # some prompts have survivors, some none
+    assert torch.equal(kept_ious, ious[keep])
+    assert torch.allclose(kept_logits, logits[keep], atol=1e-6) and kept_logits.shape == (int(keep.sum()), 16, 16)

@@ -6,7 +6,7 @@ Here, for any `PromptableSegmenter`:
 
 - the crops of several images go through the image encoder as one batch;
 - candidates are filtered by predicted IoU on the low-res logits, and only survivors are
-  upsampled; stability scores are computed on those alone and only when a threshold uses them;
+  upsampled (fast mode makes low-res masks only for prompts with a survivor); stability scores are computed on those alone and only when a threshold uses them;
 - box NMS, the crop-edge filter, cross-crop NMS and `min_mask_region_area` call the same
   segment-anything functions on the same tensors as stock, so the masks and their order are
   stock's (exact mode; `tests/test_amg_engine.py` checks this mask for mask);
@@ -19,6 +19,7 @@ decoded together) and retries; exact-mode results do not depend on either, so th
 is unchanged.
 """
 
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -205,11 +206,8 @@ class AmgEngine:
     def _prompts(self, embedding: Any, points: torch.Tensor, crop_box: list[int], image_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         """(masks, boxes in crop coordinates, IoUs) of one prompt batch's surviving candidates."""
         settings, segmenter = self.settings, self.segmenter
-        low_res, iou_preds = segmenter.predict_points(embedding, points)
-        low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
-        if settings.pred_iou_thresh > 0.0:
-            keep = iou_preds > settings.pred_iou_thresh
-            low_res, iou_preds = low_res[keep], iou_preds[keep]
+        min_iou = settings.pred_iou_thresh if settings.pred_iou_thresh > 0.0 else -math.inf  # stock filters only above 0
+        low_res, iou_preds = segmenter.predict_candidates(embedding, points, min_iou)
         masks, kept_ious = [], []
         for start in range(0, len(low_res), UPSCALE_ROWS):
             logits, ious = segmenter.upscale(embedding, low_res[start : start + UPSCALE_ROWS]), iou_preds[start : start + UPSCALE_ROWS]

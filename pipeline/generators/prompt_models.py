@@ -2,8 +2,8 @@
 
 `pipeline.generators.amg_engine` makes SAM's automatic masks (point grid, filters, NMS,
 crops, label map) for any network behind `PromptableSegmenter`; adapters wrap SAM 1
-(`sam_segmenter.SamSegmenter`), SAM 2.1 and SAM 3. The engine only ever calls the three
-methods below, so an adapter decides how its network batches, casts and places tensors.
+(`sam_segmenter.SamSegmenter`), SAM 2.1 and SAM 3. The engine only ever calls the methods
+below, so an adapter decides how its network batches, casts and places tensors.
 
 Contract details the engine relies on (adapters must keep them):
 - `embed` gets crops of any sizes in one call and must return embeddings in the same order;
@@ -12,6 +12,8 @@ Contract details the engine relies on (adapters must keep them):
   coordinates in float64, and exact mode must match it bit for bit); the engine calls it
   with `points_per_batch` prompts at a time in exact mode and all of a crop's prompts in
   fast mode. Its results must not depend on how the prompts are split into calls.
+- `predict_candidates` is what the engine calls; by default it is `predict_points` followed by
+  the predicted-IoU filter, so the same contract holds for it.
 - `upscale` is applied only to the candidates that passed the predicted-IoU filter, so
   it must treat every mask independently (as bilinear resizing does); it gets at most 192
   candidates per call.
@@ -45,6 +47,14 @@ class PromptableSegmenter(ABC):
     def predict_points(self, embedding: Any, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One positive point per prompt, multimask output: points (P, 2) float xy in the crop's pixel
         coordinates -> (low_res_logits (P, K, h, w), predicted_iou (P, K)), K = 3 for SAM."""
+
+    def predict_candidates(self, embedding: Any, points: torch.Tensor, min_iou: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates of `predict_points` whose predicted IoU exceeds `min_iou`, in (prompt, output)
+        order: (low_res_logits (n, h, w), predicted_iou (n,)). Adapters that can predict IoUs before
+        masks override it to make masks only for prompts with a survivor."""
+        low_res, iou_preds = self.predict_points(embedding, points)
+        keep = iou_preds > min_iou
+        return low_res[keep], iou_preds[keep]
 
     @abstractmethod
     def upscale(self, embedding: Any, low_res_logits: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ Exact mode repeats the predictor's steps on the same tensors (resize with its
 `Sam.postprocess_masks`), so masks equal stock AMG's. Fast mode runs the image encoder
 under bf16 autocast and every attention layer through `scaled_dot_product_attention`
 (the same softmax(q k^T / sqrt(d) + bias) v, fused), optionally with `torch.compile`, and
-decodes prompts with the image side computed once per crop (`sam_shared_decoder`);
+decodes prompts with the image side computed once per crop (`sam_shared_decoder`), upscaling
+masks only for prompts with a candidate that passes the predicted-IoU filter;
 how far its masks move from exact mode's is measured (`pipeline.generators.agreement`).
 """
 
@@ -22,7 +23,7 @@ from segment_anything.modeling import image_encoder, transformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from pipeline.generators.prompt_models import PromptableSegmenter
-from pipeline.generators.sam_shared_decoder import decode_point_prompts
+from pipeline.generators.sam_shared_decoder import decode_point_prompts, decode_prompt_tokens, upscale_masks
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,8 @@ class SamSegmenter(PromptableSegmenter):
             tokens = block(tokens)
         return torch.cat([encoder.neck(tokens[i : i + 1].permute(0, 3, 1, 2)) for i in range(len(tokens))])
 
-    @torch.inference_mode()
-    def predict_points(self, embedding: SamEmbedding, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`SamPredictor.predict_torch` for single positive points, multimask, logits kept low-res."""
+    def _point_prompts(self, embedding: SamEmbedding, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`SamPredictor.predict_torch`'s prompt side for single positive points: sparse, dense, image_pe."""
         old_h, old_w = embedding.original_size
         new_h, new_w = embedding.input_size
         coords = points.to(torch.float64).clone()
@@ -129,7 +129,12 @@ class SamSegmenter(PromptableSegmenter):
         coords[:, 1] = coords[:, 1] * (new_h / old_h)
         labels = torch.ones((coords.shape[0], 1), dtype=torch.int, device=coords.device)
         sparse, dense = self.sam.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
-        image_pe = self.sam.prompt_encoder.get_dense_pe()
+        return sparse, dense, self.sam.prompt_encoder.get_dense_pe()
+
+    @torch.inference_mode()
+    def predict_points(self, embedding: SamEmbedding, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`SamPredictor.predict_torch` for single positive points, multimask, logits kept low-res."""
+        sparse, dense, image_pe = self._point_prompts(embedding, points)
         if self.fast:
             return decode_point_prompts(self.sam.mask_decoder, embedding.features, image_pe, sparse, dense)
         return self.sam.mask_decoder(
@@ -139,6 +144,22 @@ class SamSegmenter(PromptableSegmenter):
             dense_prompt_embeddings=dense,
             multimask_output=True,
         )
+
+    @torch.inference_mode()
+    def predict_candidates(self, embedding: SamEmbedding, points: torch.Tensor, min_iou: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fast mode upscales the low-res masks of prompts with a candidate above `min_iou` only.
+
+        Exact mode runs stock's decoder on the whole prompt batch, as stock does: on a subset of
+        prompts the upscaling convolutions might take another algorithm and change the last bits.
+        """
+        if not self.fast:
+            return super().predict_candidates(embedding, points, min_iou)
+        sparse, dense, image_pe = self._point_prompts(embedding, points)
+        decoded, iou_preds = decode_prompt_tokens(self.sam.mask_decoder, embedding.features, image_pe, sparse, dense)
+        keep = iou_preds > min_iou
+        prompts = keep.any(dim=1).nonzero()[:, 0]
+        low_res = upscale_masks(self.sam.mask_decoder, decoded, prompts)
+        return low_res[keep[prompts]], iou_preds[keep]
 
     @torch.inference_mode()
     def upscale(self, embedding: SamEmbedding, low_res_logits: torch.Tensor) -> torch.Tensor:
