@@ -5,6 +5,7 @@ import pytest
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
+from pipeline.generators import sam_segmenter
 from pipeline.generators.sam_segmenter import SamSegmenter
 from pipeline.generators.sam_shared_decoder import decode_point_prompts, decode_prompt_tokens, upscale_masks
 from random_sams import photo, tiny_sam
@@ -86,7 +87,9 @@ def test_fast_segmenter_decodes_with_the_shared_decoder_and_stays_close_to_exact
     assert not torch.equal(fast_logits, exact_logits)  # other arithmetic: fast mode really took the shared path
 
 
-def test_fast_candidates_are_the_predicted_iou_filter_of_all_outputs(one_torch_thread):
+@pytest.mark.parametrize("prompts_upscaled_together", [1, 64])
+def test_fast_candidates_are_the_predicted_iou_filter_of_all_outputs(prompts_upscaled_together, monkeypatch, one_torch_thread):
+    monkeypatch.setattr(sam_segmenter, "UPSCALE_PROMPTS", prompts_upscaled_together)
     sam = tiny_sam()
     fast = SamSegmenter(sam, fast=True)
     embedding = fast.embed([photo(1, 96)])[0]
@@ -98,3 +101,5 @@ def test_fast_candidates_are_the_predicted_iou_filter_of_all_outputs(one_torch_t
     assert keep.any(dim=1).any() and not keep.any(dim=1).all()  # some prompts have survivors, some none
     assert torch.equal(kept_ious, ious[keep])
     assert torch.allclose(kept_logits, logits[keep], atol=1e-6) and kept_logits.shape == (int(keep.sum()), 16, 16)
+    none_logits, none_ious = fast.predict_candidates(embedding, points, float(ious.max()))
+    assert none_logits.shape == (0, 16, 16) and none_ious.shape == (0,)

@@ -26,6 +26,9 @@ from pipeline.generators.prompt_models import PromptableSegmenter
 from pipeline.generators.sam_shared_decoder import decode_point_prompts, decode_prompt_tokens, upscale_masks
 
 
+UPSCALE_PROMPTS = 64  # prompts upscaled together in fast mode: bounds the full-resolution activations' memory
+
+
 @dataclass(frozen=True)
 class SamEmbedding:
     """One crop's image features (1, C, h, w) and the sizes `postprocess_masks` needs."""
@@ -158,8 +161,11 @@ class SamSegmenter(PromptableSegmenter):
         decoded, iou_preds = decode_prompt_tokens(self.sam.mask_decoder, embedding.features, image_pe, sparse, dense)
         keep = iou_preds > min_iou
         prompts = keep.any(dim=1).nonzero()[:, 0]
-        low_res = upscale_masks(self.sam.mask_decoder, decoded, prompts)
-        return low_res[keep[prompts]], iou_preds[keep]
+        chunks = [prompts[i : i + UPSCALE_PROMPTS] for i in range(0, len(prompts), UPSCALE_PROMPTS)]
+        low_res = [upscale_masks(self.sam.mask_decoder, decoded, chunk)[keep[chunk]] for chunk in chunks]
+        if not low_res:
+            return decoded.image.new_zeros((0, 4 * decoded.size[0], 4 * decoded.size[1])), iou_preds[keep]
+        return torch.cat(low_res), iou_preds[keep]
 
     @torch.inference_mode()
     def upscale(self, embedding: SamEmbedding, low_res_logits: torch.Tensor) -> torch.Tensor:
