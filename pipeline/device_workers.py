@@ -7,6 +7,7 @@ settings hash).
 """
 
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +21,18 @@ from pipeline.masks import run_local
 _worker_generator: MaskGenerator | None = None
 
 
-def _start_worker(config: MasksConfig, devices: "multiprocessing.Queue[str]") -> None:
-    """Process initializer: claim one device and build the generator on it."""
+def _start_worker(config: MasksConfig, devices: "multiprocessing.Queue[str]", torch_threads: int | None) -> None:
+    """Process initializer: claim one device and build the generator on it.
+
+    The worker computes with the parent's torch thread count when the parent has set one: CPU
+    reductions split by thread count, and masks of a sensitive network then differ from a
+    single process's.
+    """
     global _worker_generator
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     _worker_generator = config.build_generator(device=devices.get())
 
 
@@ -42,7 +52,9 @@ def run_on_devices(config: MasksConfig, shards: list[Path], checksums: dict[str,
         for device in config.devices:
             devices.put(device)
         workers = min(len(config.devices), len(shards))
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(config, devices)) as pool:
+        torch = sys.modules.get("torch")  # not imported: the parent runs with torch's default, as a worker does
+        threads = torch.get_num_threads() if torch is not None else None
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(config, devices, threads)) as pool:
             futures = {pool.submit(_mask_shard, config, shard, checksums): shard for shard in shards}
             for future in as_completed(futures):
                 reports[futures[future]] = future.result()

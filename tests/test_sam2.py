@@ -69,8 +69,10 @@ def four_image_shards(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sam2_masks_through_the_command_line_pass_verify_on_one_and_two_devices(
-    four_image_shards, random_sam21_checkpoint, tmp_path, monkeypatch
+    four_image_shards, random_sam21_checkpoint, tmp_path, monkeypatch, one_torch_thread
 ):
+    # One thread here, torch's default in the spawned workers unless they follow this process:
+    # random SAM 2.1 masks change with the thread count, so equal shards prove they follow it.
     monkeypatch.setenv("SEGPIC_CACHE", str(tmp_path / "cache"))
     settings = [f"sam2.{key}={value}" for key, value in FEW_POINTS.items()]
     settings += ["sam2.model=tiny", f"sam2.checkpoint={random_sam21_checkpoint}", "speck_area=16"]
