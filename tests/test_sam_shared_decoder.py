@@ -25,14 +25,21 @@ def published_size_decoder(seed: int) -> tuple[PromptEncoder, MaskDecoder]:
     return prompts.eval(), decoder.eval()
 
 
-@pytest.mark.parametrize("prompt_count", [1, 5, 16])
-def test_logits_and_ious_equal_stock_decoder_at_published_size(prompt_count, one_torch_thread):
-    prompts, decoder = published_size_decoder(seed=prompt_count)
+def decoder_inputs(seed: int, prompt_count: int) -> tuple[MaskDecoder, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A published-size decoder and its inputs for `prompt_count` random points on random
+    image features: (decoder, features, image_pe, sparse, dense)."""
+    prompts, decoder = published_size_decoder(seed)
     features = torch.randn(1, 256, 64, 64)
     points = torch.rand(prompt_count, 1, 2) * 1024
     with torch.inference_mode():
         sparse, dense = prompts(points=(points, torch.ones(prompt_count, 1, dtype=torch.int)), boxes=None, masks=None)
-        image_pe = prompts.get_dense_pe()
+        return decoder, features, prompts.get_dense_pe(), sparse, dense
+
+
+@pytest.mark.parametrize("prompt_count", [1, 5, 16])
+def test_logits_and_ious_equal_stock_decoder_at_published_size(prompt_count, one_torch_thread):
+    decoder, features, image_pe, sparse, dense = decoder_inputs(seed=prompt_count, prompt_count=prompt_count)
+    with torch.inference_mode():
         stock_logits, stock_ious = decoder(features, image_pe, sparse, dense, multimask_output=True)
     logits, ious = decode_point_prompts(decoder, features, image_pe, sparse, dense)
     assert logits.shape == stock_logits.shape == (prompt_count, 3, 256, 256)
@@ -44,12 +51,7 @@ def test_logits_and_ious_equal_stock_decoder_at_published_size(prompt_count, one
 
 
 def test_prompts_decoded_together_equal_prompts_decoded_alone(one_torch_thread):
-    prompts, decoder = published_size_decoder(seed=7)
-    features = torch.randn(1, 256, 64, 64)
-    points = torch.rand(4, 1, 2) * 1024
-    with torch.inference_mode():
-        sparse, dense = prompts(points=(points, torch.ones(4, 1, dtype=torch.int)), boxes=None, masks=None)
-        image_pe = prompts.get_dense_pe()
+    decoder, features, image_pe, sparse, dense = decoder_inputs(seed=7, prompt_count=4)
     together, _ = decode_point_prompts(decoder, features, image_pe, sparse, dense)
     alone = torch.cat([decode_point_prompts(decoder, features, image_pe, sparse[i : i + 1], dense[i : i + 1])[0] for i in range(4)])
     # Different batch sizes take other matrix-product kernels; with these amplified weights fp32
@@ -59,12 +61,7 @@ def test_prompts_decoded_together_equal_prompts_decoded_alone(one_torch_thread):
 
 
 def test_masks_are_upscaled_for_the_chosen_prompts_only(one_torch_thread):
-    prompts, decoder = published_size_decoder(seed=3)
-    features = torch.randn(1, 256, 64, 64)
-    points = torch.rand(6, 1, 2) * 1024
-    with torch.inference_mode():
-        sparse, dense = prompts(points=(points, torch.ones(6, 1, dtype=torch.int)), boxes=None, masks=None)
-        image_pe = prompts.get_dense_pe()
+    decoder, features, image_pe, sparse, dense = decoder_inputs(seed=3, prompt_count=6)
     every, ious = decode_point_prompts(decoder, features, image_pe, sparse, dense)
     decoded, token_ious = decode_prompt_tokens(decoder, features, image_pe, sparse, dense)
     chosen = torch.tensor([4, 1])
