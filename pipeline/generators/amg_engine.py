@@ -6,7 +6,8 @@ Here, for any `PromptableSegmenter`:
 
 - the crops of several images go through the image encoder as one batch;
 - candidates are filtered by predicted IoU on the low-res logits, and only survivors are
-  upsampled (fast mode makes low-res masks only for prompts with a survivor); stability scores are computed on those alone and only when a threshold uses them;
+  upsampled (fast mode makes low-res masks only for prompts with a survivor); stability
+  scores are computed on those alone and only when a threshold uses them;
 - box NMS, the crop-edge filter, cross-crop NMS and `min_mask_region_area` call the same
   segment-anything functions on the same tensors as stock, so the masks and their order are
   stock's (exact mode; `tests/test_amg_engine.py` checks this mask for mask);

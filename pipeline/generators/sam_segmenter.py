@@ -161,11 +161,8 @@ class SamSegmenter(PromptableSegmenter):
         decoded, iou_preds = decode_prompt_tokens(self.sam.mask_decoder, embedding.features, image_pe, sparse, dense)
         keep = iou_preds > min_iou
         prompts = keep.any(dim=1).nonzero()[:, 0]
-        chunks = [prompts[i : i + UPSCALE_PROMPTS] for i in range(0, len(prompts), UPSCALE_PROMPTS)]
-        low_res = [upscale_masks(self.sam.mask_decoder, decoded, chunk)[keep[chunk]] for chunk in chunks]
-        if not low_res:
-            return decoded.image.new_zeros((0, 4 * decoded.size[0], 4 * decoded.size[1])), iou_preds[keep]
-        return torch.cat(low_res), iou_preds[keep]
+        low_res = [upscale_masks(self.sam.mask_decoder, decoded, chunk)[keep[chunk]] for chunk in prompts.split(UPSCALE_PROMPTS)]
+        return torch.cat(low_res), iou_preds[keep]  # no survivor: one empty chunk, (0, 4h, 4w)
 
     @torch.inference_mode()
     def upscale(self, embedding: SamEmbedding, low_res_logits: torch.Tensor) -> torch.Tensor:
