@@ -39,6 +39,7 @@ from unittest import mock
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from skimage.segmentation import slic
 
