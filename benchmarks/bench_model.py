@@ -18,7 +18,7 @@ Prints, for each item, the plain and the fast figure and their ratio next to the
   kodim01.png for the 768×512 case) with random weights after `update()`, plain = plain kernels + the published
   list-based y coder patched into `model.entropy_coding`, against our published-compatible
   mode, and portable mode (float64 entropy model) against published-compatible mode, on
-  `--device` (cuda: three runs each, well under 5 minutes; `--only-codec` skips the rest),
+  `--device` (best of three runs each on cuda, well under 5 minutes, of two on the CPU; `--only-codec` skips the rest),
   then the round trip: encode on `--device`, decode there and on the CPU (symbols, PSNR).
 Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1] [--image PATH] [--device cuda] [--only-training | --only-codec]`. One torch thread by
 default, so ratios hold on a busy machine; more threads shrink the share of the network's
@@ -359,7 +359,7 @@ def bench_codec(image_path: Path, device: torch.device) -> None:
     model.to(device)
     image, description = codec_image(image_path)
     image = image.to(device)
-    repeats = 3 if device.type == "cuda" else 1
+    repeats = 3 if device.type == "cuda" else 2
     for portable in (False, True):  # warm-up: allocator, kernels, the portable twin's float64 copies
         codec_time(model, image, use_plain=False, portable=portable)
     plain_runs = [codec_time(model, image, use_plain=True) for _ in range(repeats)]
