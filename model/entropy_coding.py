@@ -4,7 +4,8 @@ The ten y slices of one image go into one rANS stream, slice after slice, each s
 flattened (C,h,w) row-major: the stream the published code writes. Unlike the published
 code, symbols and CDF indexes of all slices are gathered as int32 arrays and handed to
 the coder in one call, and the Gaussian CDF tables are converted to lists once per
-`update()` instead of on every call. `encode_symbols`, `decode_symbols` and
+`update()`, each cut to its length, instead of padded on every call (the decoder calls
+the coder once per slice, and the bindings convert the tables each time). `encode_symbols`, `decode_symbols` and
 `build_indexes` are module-level so a benchmark can swap in plain versions.
 
 `compress`/`decompress` take `portable=True` to run the entropy model on the float64 twin
@@ -71,14 +72,16 @@ class RansTables:
     offsets: list[int]
 
     @classmethod
-    def from_conditional(cls, conditional: GaussianConditional) -> "RansTables":
+    def from_conditional(cls, conditional: GaussianConditional, trimmed: bool = True) -> "RansTables":
+        """`trimmed`: each CDF cut to its length, the only entries the coder reads (the padded
+        rows hold 7x more integers, which the coder's bindings convert on every call)."""
         if conditional.quantized_cdf.numel() == 0:
             raise ValueError("the Gaussian conditional has no CDF tables: call update() first")
-        return cls(
-            conditional.quantized_cdf.tolist(),
-            conditional.cdf_length.reshape(-1).int().tolist(),
-            conditional.offset.reshape(-1).int().tolist(),
-        )
+        cdf_lengths = conditional.cdf_length.reshape(-1).int().tolist()
+        cdfs = conditional.quantized_cdf.tolist()
+        if trimmed:
+            cdfs = [cdf[:length] for cdf, length in zip(cdfs, cdf_lengths)]
+        return cls(cdfs, cdf_lengths, conditional.offset.reshape(-1).int().tolist())
 
 
 def build_indexes(conditional: GaussianConditional, scales: torch.Tensor) -> torch.Tensor:
@@ -110,7 +113,7 @@ def decode_symbols(decoder: RansDecoder, indexes: torch.Tensor, tables: RansTabl
     values = decoder.decode_stream(
         indexes.cpu().numpy().ravel().tolist(), tables.cdfs, tables.cdf_lengths, tables.offsets
     )
-    return torch.from_numpy(np.asarray(values, dtype=np.int32)).view(indexes.shape)
+    return torch.from_numpy(np.fromiter(values, dtype=np.int32, count=len(values))).view(indexes.shape)
 
 
 def bit_estimate(x: torch.Tensor, bottleneck: EntropyBottleneck) -> tuple[torch.Tensor, torch.Tensor]:

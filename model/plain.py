@@ -55,8 +55,8 @@ def build_indexes(conditional: GaussianConditional, scales: Tensor) -> Tensor:
 
 
 def rans_tables(codec: ChannelAutoregressiveCodec) -> RansTables:
-    """The CDF lists rebuilt from tensors on every call, as the published compress/decompress do."""
-    return RansTables.from_conditional(codec.gaussian_conditional)
+    """The padded CDF lists rebuilt from tensors on every call, as the published compress/decompress do."""
+    return RansTables.from_conditional(codec.gaussian_conditional, trimmed=False)
 
 
 def encode_symbols(symbols: Tensor, indexes: Tensor, tables: RansTables) -> bytes:

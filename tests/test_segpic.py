@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from compressai.ans import BufferedRansEncoder
+from compressai.ans import BufferedRansEncoder, RansDecoder
 from PIL import Image
 from torchvision.models.swin_transformer import _get_relative_position_bias, shifted_window_attention
 
 from model.attention import ShiftedWindowAttention
-from model.entropy_coding import build_indexes
+from model import plain
+from model.entropy_coding import RansTables, build_indexes, decode_symbols, encode_symbols
 from model.segpic import SegPIC
 from pipeline.sample import sample_photo_paths
 
@@ -230,6 +231,24 @@ def test_y_stream_is_the_published_coders_stream(tiny_model):
         expected = published_y_stream(tiny_model, x)
     assert len(expected) > 500
     assert tiny_model.compress(x)["strings"][0][0] == expected
+
+
+def test_trimmed_cdf_tables_code_the_padded_tables_streams(tiny_model):
+    """Every table, symbols inside and beyond its range (the coder's bypass): the CDF rows cut
+    to their lengths give the published coder's bytes and decode to the same symbols."""
+    conditional = tiny_model.gaussian_conditional
+    trimmed, padded = (RansTables.from_conditional(conditional, trimmed=flag) for flag in (True, False))
+    assert sum(map(len, trimmed.cdfs)) * 5 < sum(map(len, padded.cdfs))
+    generator = torch.Generator().manual_seed(0)
+    indexes = torch.arange(len(padded.cdfs)).repeat_interleave(400).int()
+    halves = (torch.tensor(padded.cdf_lengths) // 2)[indexes.long()]
+    symbols = (torch.randn(indexes.shape, generator=generator) * 1.3 * halves).round().int()
+    assert (symbols.abs() > halves).any()  # some escape the tables
+    stream = encode_symbols(symbols, indexes, trimmed)
+    assert stream == plain.encode_symbols(symbols, indexes, padded)
+    decoder = RansDecoder()
+    decoder.set_stream(stream)
+    assert torch.equal(decode_symbols(decoder, indexes, trimmed), symbols)
 
 
 def test_fast_cdf_indexes_equal_compressai_loop_at_every_boundary(tiny_model):
