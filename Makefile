@@ -20,8 +20,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(VENV)/bin/python -m pip check
 	touch $(STAMP)
 
+# Two workers, each taking whole test files (module fixtures such as the DVC study run once):
+# the suite is mostly single-threaded. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Stages call `segpic`, so the environment's bin folder goes first on PATH.
 repro: setup
