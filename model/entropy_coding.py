@@ -5,8 +5,9 @@ flattened (C,h,w) row-major: the stream the published code writes. Unlike the pu
 code, symbols and CDF indexes of all slices are gathered as int32 arrays and handed to
 the coder in one call, and the Gaussian CDF tables are converted to lists once per
 `update()`, each cut to its length, instead of padded on every call (the decoder calls
-the coder once per slice, and the bindings convert the tables each time). `encode_symbols`, `decode_symbols` and
-`build_indexes` are module-level so a benchmark can swap in plain versions.
+the coder once per slice, and the bindings convert the tables each time).
+`encode_symbols`, `decode_symbols` and `build_indexes` are module-level so a benchmark
+can swap in plain versions.
 
 `compress`/`decompress` take `portable=True` to run the entropy model on the float64 twin
 of `model.portable` instead of the model itself, and report a CRC32 of each image's coded

@@ -18,7 +18,7 @@ from torch import nn
 KERNEL_TRANSFORM = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 # Below this many output pixels, the direct convolution is faster than the transforms.
 MIN_WINOGRAD_PIXELS = 256
-ELEMENTWISE_ACTIVATIONS = (nn.GELU, nn.LeakyReLU, nn.ReLU)
+ELEMENTWISE_ACTIVATIONS = (nn.GELU, nn.LeakyReLU)
 
 
 def is_winograd_convertible(module: nn.Module) -> bool:
@@ -41,24 +41,32 @@ def transformed_kernels(weight: torch.Tensor) -> torch.Tensor:
     return kernels.reshape(16, weight.shape[1], weight.shape[0]).contiguous()
 
 
-def _transform_pair(
-    d0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor
+def _input_transform(
+    d0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor, out: tuple = (None,) * 4
 ) -> tuple[torch.Tensor, ...]:
-    """Bᵀ applied to four tile rows (or columns)."""
-    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+    """Bᵀ applied to four tile rows (or columns), written into `out` where given."""
+    return (
+        torch.sub(d0, d2, out=out[0]),
+        torch.add(d1, d2, out=out[1]),
+        torch.sub(d2, d1, out=out[2]),
+        torch.sub(d1, d3, out=out[3]),
+    )
+
+
+def _output_transform(
+    m0: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, m3: torch.Tensor, out: tuple = (None,) * 2
+) -> tuple[torch.Tensor, ...]:
+    """Aᵀ applied to four rows (or columns) of products, written into `out` where given."""
+    return torch.add(m0 + m1, m2, out=out[0]), torch.sub(m1 - m2, m3, out=out[1])
 
 
 def _input_tiles(padded: torch.Tensor, tile_rows: int, tile_cols: int) -> torch.Tensor:
     """Bᵀ·d·B of every 4×4 tile (stride 2) of `padded` (B, H, W, C): (16, B·tiles, C)."""
     batch, _, _, channels = padded.shape
     tiles = padded.new_empty(4, 4, batch, tile_rows, tile_cols, channels)
-    rows = _transform_pair(*(padded[:, a : a + 2 * tile_rows : 2] for a in range(4)))
-    for i, row in enumerate(rows):
-        d0, d1, d2, d3 = (row[:, :, b : b + 2 * tile_cols : 2] for b in range(4))
-        torch.sub(d0, d2, out=tiles[i, 0])
-        torch.add(d1, d2, out=tiles[i, 1])
-        torch.sub(d2, d1, out=tiles[i, 2])
-        torch.sub(d1, d3, out=tiles[i, 3])
+    rows = _input_transform(*(padded[:, a : a + 2 * tile_rows : 2] for a in range(4)))
+    for row, row_tiles in zip(rows, tiles):
+        _input_transform(*(row[:, :, b : b + 2 * tile_cols : 2] for b in range(4)), out=tuple(row_tiles))
     return tiles.view(16, -1, channels)
 
 
@@ -66,10 +74,8 @@ def _output_tiles(products: torch.Tensor, shape: tuple[int, int, int, int]) -> t
     """Aᵀ·m·A of every tile's 4×4 products (4, 4, B, tiles_h, tiles_w, O): (B, 2·tiles_h, 2·tiles_w, O)."""
     batch, tile_rows, tile_cols, out_channels = shape
     image = products.new_empty(batch, tile_rows, 2, tile_cols, 2, out_channels)
-    rows = (products[0] + products[1] + products[2], products[1] - products[2] - products[3])
-    for i, row in enumerate(rows):
-        torch.add(row[0] + row[1], row[2], out=image[:, :, i, :, 0])
-        torch.sub(row[1] - row[2], row[3], out=image[:, :, i, :, 1])
+    for i, row in enumerate(_output_transform(*products)):
+        _output_transform(*row, out=(image[:, :, i, :, 0], image[:, :, i, :, 1]))
     return image.view(batch, 2 * tile_rows, 2 * tile_cols, out_channels)
 
 
@@ -112,6 +118,16 @@ class WinogradConv3x3(nn.Module):
         return winograd_conv3x3(x, self.kernels, self.conv.bias, self.channels_last_output)
 
 
+def _feeds_another(sequence: nn.Module, children: list[nn.Module], index: int) -> bool:
+    """Whether child `index` of an `nn.Sequential` feeds a convertible convolution through one activation."""
+    return (
+        isinstance(sequence, nn.Sequential)
+        and index + 2 < len(children)
+        and isinstance(children[index + 1], ELEMENTWISE_ACTIVATIONS)
+        and is_winograd_convertible(children[index + 2])
+    )
+
+
 def with_winograd_convolutions(module: nn.Module) -> nn.Module:
     """`module` with every plain 3×3 convolution in it (itself included) made Winograd, in place.
 
@@ -120,16 +136,11 @@ def with_winograd_convolutions(module: nn.Module) -> nn.Module:
     """
     if is_winograd_convertible(module):
         return WinogradConv3x3(module)
-    children = list(module.named_children())
-    for index, (name, child) in enumerate(children):
-        feeds_winograd = (
-            isinstance(module, nn.Sequential)
-            and index + 2 < len(children)
-            and isinstance(children[index + 1][1], ELEMENTWISE_ACTIVATIONS)
-            and is_winograd_convertible(children[index + 2][1])
-        )
-        converted = with_winograd_convolutions(child)
-        if isinstance(converted, WinogradConv3x3):
-            converted.channels_last_output = feeds_winograd
-        setattr(module, name, converted)
+    named_children = list(module.named_children())
+    children = [child for _, child in named_children]
+    for index, (name, child) in enumerate(named_children):
+        if is_winograd_convertible(child):
+            setattr(module, name, WinogradConv3x3(child, _feeds_another(module, children, index)))
+        else:
+            with_winograd_convolutions(child)
     return module
