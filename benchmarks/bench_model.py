@@ -18,7 +18,7 @@ Prints, for each item, the plain and the fast figure and their ratio next to the
   kodim01.png for the 768×512 case) with random weights after `update()`, plain = plain kernels + the published
   list-based y coder patched into `model.entropy_coding`, against our published-compatible
   mode, and portable mode (float64 entropy model) against published-compatible mode, on
-  `--device` (best of three runs each on cuda, well under 5 minutes, of two on the CPU; `--only-codec` skips the rest),
+  `--device` (the three in turn, best of three rounds, well under 5 minutes on cuda; `--only-codec` skips the rest),
   then the round trip: encode on `--device`, decode there and on the CPU (symbols, PSNR).
 Run: `.venv/bin/python benchmarks/bench_model.py [--threads 1] [--image PATH] [--device cuda] [--only-training | --only-codec]`. One torch thread by
 default, so ratios hold on a busy machine; more threads shrink the share of the network's
@@ -56,6 +56,7 @@ TRAIN_BATCHES = {"cuda": [8, 16], "cpu": [2]}
 FIXED_MMAP_THRESHOLD = "65536"
 KERNEL_NAMES = ("dps_conv", "masked_average_pool", "expand_prototypes")
 CODER_NAMES = ("build_indexes", "encode_symbols", "decode_symbols")
+CODEC_MODES = ("plain", "fast", "portable")
 
 
 @contextlib.contextmanager
@@ -359,12 +360,15 @@ def bench_codec(image_path: Path, device: torch.device) -> None:
     model.to(device)
     image, description = codec_image(image_path)
     image = image.to(device)
-    repeats = 3 if device.type == "cuda" else 2
+    repeats = 3
     for portable in (False, True):  # warm-up: allocator, kernels, the portable twin's float64 copies
         codec_time(model, image, use_plain=False, portable=portable)
-    plain_runs = [codec_time(model, image, use_plain=True) for _ in range(repeats)]
-    fast_runs = [codec_time(model, image, use_plain=False) for _ in range(repeats)]
-    portable_runs = [codec_time(model, image, use_plain=False, portable=True) for _ in range(repeats)]
+    # Modes take turns, so that a change in the machine's load falls on all three alike.
+    rounds = [
+        [codec_time(model, image, use_plain=mode == "plain", portable=mode == "portable") for mode in CODEC_MODES]
+        for _ in range(repeats)
+    ]
+    plain_runs, fast_runs, portable_runs = zip(*rounds)
     print(f"codec on {device}, best of {repeats} run(s); fast = our published-compatible mode")
     for column, name, target in ((0, f"encode+decode {description}", ">=2x"), (1, "  of it in DPSConv + y coder", "-")):
         report(name, min(run[column] for run in plain_runs), min(run[column] for run in fast_runs), "s", target)
