@@ -118,13 +118,13 @@ class WinogradConv3x3(nn.Module):
         return winograd_conv3x3(x, self.kernels, self.conv.bias, self.channels_last_output)
 
 
-def _feeds_another(sequence: nn.Module, children: list[nn.Module], index: int) -> bool:
+def _feeds_another(module: nn.Module, index: int) -> bool:
     """Whether child `index` of an `nn.Sequential` feeds a convertible convolution through one activation."""
     return (
-        isinstance(sequence, nn.Sequential)
-        and index + 2 < len(children)
-        and isinstance(children[index + 1], ELEMENTWISE_ACTIVATIONS)
-        and is_winograd_convertible(children[index + 2])
+        isinstance(module, nn.Sequential)
+        and index + 2 < len(module)
+        and isinstance(module[index + 1], ELEMENTWISE_ACTIVATIONS)
+        and is_winograd_convertible(module[index + 2])
     )
 
 
@@ -136,11 +136,9 @@ def with_winograd_convolutions(module: nn.Module) -> nn.Module:
     """
     if is_winograd_convertible(module):
         return WinogradConv3x3(module)
-    named_children = list(module.named_children())
-    children = [child for _, child in named_children]
-    for index, (name, child) in enumerate(named_children):
+    for index, (name, child) in enumerate(list(module.named_children())):
         if is_winograd_convertible(child):
-            setattr(module, name, WinogradConv3x3(child, _feeds_another(module, children, index)))
+            setattr(module, name, WinogradConv3x3(child, _feeds_another(module, index)))
         else:
             with_winograd_convolutions(child)
     return module
