@@ -1,4 +1,4 @@
-"""Winograd F(2×2, 3×3) convolutions of the float64 twin: the direct convolution's results to
+"""Winograd F(4×4, 3×3) convolutions of the float64 twin: the direct convolution's results to
 float64 precision, and portable files that decode symbol-exactly whichever way the twin
 convolves (a GPU twin convolves directly)."""
 
@@ -32,21 +32,21 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).abs().max() / expected.abs().max())
 
 
-@pytest.mark.parametrize("shape", [(2, 7, 9, 11), (1, 16, 16, 20), (3, 5, 1, 4), (1, 4, 2, 2)])
+@pytest.mark.parametrize("shape", [(2, 7, 9, 11), (2, 3, 8, 12), (1, 16, 16, 20), (3, 5, 1, 4), (1, 4, 2, 2)])
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_winograd_equals_the_direct_convolution_in_float64(shape, with_bias, channels_last):
+@pytest.mark.parametrize("channels_last_input", [True, False])
+def test_winograd_equals_the_direct_convolution_in_float64(shape, with_bias, channels_last_input):
     generator = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(shape, generator=generator, dtype=torch.float64)
     weight = torch.randn(6, shape[1], 3, 3, generator=generator, dtype=torch.float64)
     bias = torch.randn(6, generator=generator, dtype=torch.float64) if with_bias else None
-    if channels_last:
+    if channels_last_input:
         x = x.contiguous(memory_format=torch.channels_last)
-    result = winograd_conv3x3(x, transformed_kernels(weight), bias, channels_last)
+    result = winograd_conv3x3(x, transformed_kernels(weight), bias)
     expected = F.conv2d(x, weight, bias, padding=1)
     assert result.shape == expected.shape
     assert relative_error(result, expected) < FLOAT64_TOLERANCE
-    assert result.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert result.is_contiguous()
     # Float32 rounding is a million times coarser: the comparison can tell.
     rounded = F.conv2d(x.float(), weight.float(), None if bias is None else bias.float(), padding=1).double()
     assert relative_error(rounded, expected) > 1e3 * relative_error(result, expected)
@@ -100,16 +100,6 @@ def test_converted_modules_compute_what_the_originals_do(build, inputs):
     arguments = inputs()
     with torch.no_grad():
         assert relative_error(converted(*arguments), original(*arguments)) < FLOAT64_TOLERANCE
-
-
-def test_only_convolutions_feeding_another_hand_over_channels_last_memory():
-    transform = with_winograd_convolutions(slice_transform(60, 20, 40).double())
-    convolutions = [module for module in transform if isinstance(module, WinogradConv3x3)]
-    assert len(convolutions) == 5
-    assert [conv.channels_last_output for conv in convolutions] == [True, True, True, True, False]
-    x = torch.randn(1, 60, 16, 16, dtype=torch.float64)
-    with torch.no_grad():
-        assert transform(x).is_contiguous()
 
 
 def winograd_convolutions(module: nn.Module) -> int:
