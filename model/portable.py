@@ -7,8 +7,9 @@ everything that decides symbols and tables in float64, starting from the integer
 decoded so far: the hyperprior syntheses (with SegPIC's 1/16-scale prototype synthesis and
 RATs), the ChARM slice transforms, the scale indexes, and the coder tables themselves (Gaussian
 tables from `scipy.special.erfc`, bottleneck tables from float64 copies of the bottlenecks).
-Machines then differ by about 1e-15 relative, and a scale would have to fall that close to
-one of 63 table boundaries 12% apart to flip an index: about 1e-14 per symbol.
+Machines then differ by at most a few 1e-14 relative (a CPU's Winograd twin against a direct
+convolution, measured on kodim01's scales), and a scale would have to fall that close to one
+of 63 table boundaries 12% apart to flip an index: under 1e-12 per symbol.
 
 The float64 copies live in a "twin" of the model: a shallow copy whose entropy modules are
 replaced by float64 copies on the model's device, so the model's own coding methods run on
@@ -16,8 +17,8 @@ it unchanged. The heavy analysis and synthesis transforms stay in the model's pr
 so do the mean and LRP transforms of the slices no later slice is conditioned on: their
 outputs only place the decoded values (ŷ = symbol + μ), they never decide a symbol or index.
 On a CPU the twin's 3×3 convolutions run as Winograd F(4×4, 3×3) (`model.winograd`): torch's
-float64 convolution there is an unfold plus a matrix product, about three times float32's
-time, and float64 Winograd agrees with it (and a GPU's direct convolution) to ~1e-14.
+float64 convolution there is an unfold plus a matrix product, about three times float32's time,
+and float64 Winograd agrees with it (and a GPU's direct convolution) to ~1e-14 all the same.
 """
 
 import contextlib
