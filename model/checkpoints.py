@@ -83,16 +83,29 @@ def _model_from_ours(checkpoint: Mapping[str, Any], source: str) -> CompressionM
     return model
 
 
-def load_codec(path: str | Path, device: str | torch.device = "cpu") -> CompressionModel:
-    """The codec in a checkpoint (ours or the published layout), in eval mode with coder tables built."""
-    checkpoint = official.read_weights_file(path)
+def codec_from_checkpoint(checkpoint: object, source: str, device: str | torch.device = "cpu") -> CompressionModel:
+    """The codec in a loaded checkpoint (ours or the published layout), in eval mode with coder tables built."""
     if is_our_checkpoint(checkpoint):
-        model = _model_from_ours(checkpoint, str(path))
+        model = _model_from_ours(checkpoint, source)
     else:
-        model = official.model_from_official_state(checkpoint, str(path))
+        model = official.model_from_official_state(checkpoint, source)
     model.eval()
     model.update()
     return model.to(device)
+
+
+def load_codec(path: str | Path, device: str | torch.device = "cpu") -> CompressionModel:
+    """The codec in the checkpoint file at `path` (see `codec_from_checkpoint`)."""
+    return codec_from_checkpoint(official.read_weights_file(path), str(path), device)
+
+
+def trained_lambda(checkpoint: object) -> float | None:
+    """The λ a checkpoint of ours was last trained at; None for the published files, which do not record it."""
+    if not is_our_checkpoint(checkpoint):
+        return None
+    experiment = (checkpoint.get("training") or {}).get("experiment") or {}
+    value = experiment.get("lmbda")
+    return None if value is None else float(value)
 
 
 def weights_hash(model: CompressionModel) -> str:

@@ -1,7 +1,9 @@
 """The study runs through DVC itself: a reduced copy of dvc.yaml/params.yaml on a few small photos.
 
-The study repository holds its own copy of the code, which its stages run (PYTHONPATH), so
-editing a module there is what it would be in the project: DVC sees the declared code change.
+The study repository holds its own copy of the code and of the committed warm starts, which
+its stages run (PYTHONPATH), so editing a module there is what it would be in the project:
+DVC sees the declared code change. It trains on three sample photos and is evaluated on
+five others (the study's own held-out kind), at the default study's λ values.
 """
 
 import json
@@ -12,18 +14,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 from pipeline.cli import app
-from pipeline.sample import sample_photo_paths
+from pipeline.sample import evaluation_photo_paths, sample_photo_paths
 from stage_code import command_files
 
 PROJECT = Path(__file__).resolve().parents[1]
-LAMBDAS = [0.0018, 0.0067, 0.025, 0.0483]  # four points: the fewest a cubic BD-rate fit accepts
+LAMBDAS = yaml.safe_load((PROJECT / "params.yaml").read_text())["train"]["lambdas"]  # those with warm starts
 SOURCE = "felzenszwalb"
-INGEST = {"ingest"}
+INGEST = {"ingest", "ingest-eval"}
 MASKS = {f"masks@{SOURCE}"}
 TRAIN_MASKS = {f"train@{SOURCE}-{lmbda}" for lmbda in LAMBDAS}
 TRAIN_GRID = {f"train-grid@{lmbda}" for lmbda in LAMBDAS}
@@ -70,19 +73,21 @@ def edit_params(study: Path, edit) -> None:
 def study(tmp_path_factory) -> Path:
     """A fresh git+DVC repo holding the project's pipeline and code, pointed at three small photos, reproduced once."""
     repo = tmp_path_factory.mktemp("study")
-    photos = repo / "photos"
-    photos.mkdir()
-    for path in sample_photo_paths()[:3]:
-        with Image.open(path) as image:
-            image.convert("RGB").resize((128, 96)).save(photos / f"{path.stem}.png")
+    for folder, paths, size in (("photos", sample_photo_paths()[:3], (128, 96)),
+                                ("held-out", evaluation_photo_paths()[:5], (192, 176))):
+        (repo / folder).mkdir()
+        for path in paths:
+            with Image.open(path) as image:
+                image.convert("RGB").resize(size).save(repo / folder / f"{path.stem}.png")
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(PROJECT / name, repo / name)
-    for package in ("pipeline", "model"):
+    for package in ("pipeline", "model", "data/warm_start"):
         shutil.copytree(PROJECT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["ingest"]["source"] = str(photos)
+    params["ingest"]["source"] = str(repo / "photos")
+    params["eval"]["source"] = str(repo / "held-out")
     params["masks"]["generators"] = [SOURCE]
-    params["train"].update(lambdas=LAMBDAS, steps=3, batch=2, val_count=1)
+    params["train"].update(steps=3, batch=2, val_count=1)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.name", "test"], repo)
@@ -155,7 +160,7 @@ def test_data_stage_outputs_are_reproducible_and_timings_kept_apart(study):
         timings = json.loads((study / "data" / "timings" / f"{name}.json").read_text())
         assert timings["seconds"] > 0 and timings["images"] == 3
     # Running the data stages again from scratch gives the same bytes: nothing downstream is invalidated.
-    assert stages_run(run(["dvc", "repro", "--force", "--single-item", "ingest", f"masks@{SOURCE}"], study)) == INGEST | MASKS
+    assert stages_run(run(["dvc", "repro", "--force", "--single-item", "ingest", f"masks@{SOURCE}"], study)) == {"ingest"} | MASKS
     assert "up to date" in run(["dvc", "status"], study)
 
 
@@ -241,3 +246,65 @@ def test_exp_run_sets_a_training_key(study):
     assert target in stages_run(output)
     metrics = json.loads((study / "data" / "train" / "grid" / str(LAMBDAS[0]) / "metrics.json").read_text())
     assert metrics["step"] == 4 and metrics["config"]["steps"] == 4
+
+
+def _curves(study: Path) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted((study / "data" / "eval").glob("*.json"))}
+
+
+@pytest.mark.slow
+def test_the_study_is_evaluated_on_images_no_model_trained_on(study):
+    trained = {path.stem for path in (study / "photos").iterdir()}
+    for name, document in _curves(study).items():
+        evaluated = {row["image"] for row in document["per_image"]}
+        assert len(evaluated) == 5 and not {Path(image).stem for image in evaluated} & trained, name
+
+
+@pytest.mark.slow
+def test_every_curve_of_the_study_rises_with_lambda(study):
+    """Warm-started from grid-trained weights of each λ, even three fine-tuning steps give RD curves."""
+    for name, document in _curves(study).items():
+        lambdas = [entry["lmbda"] for entry in document["checkpoints"]]
+        assert sorted(lambdas) == LAMBDAS, name
+        order = sorted(range(len(lambdas)), key=lambdas.__getitem__)
+        bpp = [document["results"]["bpp"][i] for i in order]
+        psnr = [document["results"]["psnr-rgb"][i] for i in order]
+        assert bpp == sorted(bpp) and len(set(bpp)) == len(bpp), (name, bpp)
+        assert psnr == sorted(psnr) and len(set(psnr)) == len(psnr), (name, psnr)
+        assert bpp[-1] >= 2 * bpp[0], (name, bpp)
+
+
+@pytest.mark.slow
+def test_the_comparison_gives_bd_values_with_intervals(study):
+    table = json.loads((study / "data" / "compare" / "bdrate.json").read_text())
+    assert table["method"] == "akima" and [row["curve"] for row in table["rows"]] == ["felzenszwalb", "grid"]
+    psnr = next(row for row in table["rows"] if row["curve"] == SOURCE)
+    assert psnr["results"]["psnr"]["bd_rate_percent"] is not None, psnr["results"]["psnr"]["note"]
+    low, high = psnr["uncertainty"]["psnr"]["bd_rate_interval"]
+    assert low <= psnr["results"]["psnr"]["bd_rate_percent"] <= high
+    assert psnr["uncertainty"]["psnr"]["bd_rate_verdict"] in {"fewer bits", "more bits", "within noise"}
+
+
+@pytest.mark.slow
+def test_switching_mask_sources_leaves_the_old_source_out_of_the_comparison(study, tmp_path):
+    """felzenszwalb -> coco-panoptic: its curve and masks stay in data/, but not in the study's tables (run last)."""
+    panoptic = tmp_path / "panoptic"
+    panoptic.mkdir()
+    for photo in (study / "photos").iterdir():
+        segments = np.zeros((96, 128, 3), dtype=np.uint8)
+        segments[:, :64, 0], segments[:, 64:, 0] = 1, 2
+        Image.fromarray(segments).save(panoptic / photo.name)
+
+    def switch(params):
+        params["masks"]["generators"] = ["coco-panoptic"]
+        params["masks"]["settings"]["coco-panoptic"] = {"panoptic_dir": str(panoptic)}
+
+    edit_params(study, switch)
+    output = run(["dvc", "repro"], study)
+    assert {f"masks@coco-panoptic", f"eval@coco-panoptic", "compare"} <= stages_run(output)
+    assert (study / "data" / "eval" / f"{SOURCE}.json").is_file() and (study / "data" / "masks" / SOURCE).is_dir()
+    assert f"left out data/eval/{SOURCE}.json: {SOURCE} is not in params.yaml:masks.generators" in output
+    table = json.loads((study / "data" / "compare" / "bdrate.json").read_text())
+    assert [row["curve"] for row in table["rows"]] == ["coco-panoptic", "grid"]
+    assert SOURCE not in (study / "data" / "compare" / "bdrate.md").read_text()
+    assert list(json.loads((study / "data" / "compare" / "mask_stats.json").read_text())) == ["coco-panoptic"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from model.bitstream import decode_image_bytes
+from pipeline.manifest import read_manifest
 from pipeline.shards import IMAGE_KIND, list_shards, parse_shard_name, read_rows, shard_kind
 
 # The extensions CompressAI's eval_model collects (from torchvision.datasets.folder).
@@ -53,6 +54,15 @@ def _shard_images(folder: Path) -> list[EvalImage]:
             payload = row["image"]["bytes"]
             images.append(EvalImage(row["id"], f"{shard} (id {row['id']})", lambda payload=payload: payload))
     return images
+
+
+def describe_image_set(folder: Path) -> str:
+    """What an image folder holds, for titles: the source its shards were ingested from, else the folder's name."""
+    try:
+        source = str(read_manifest(Path(folder)).settings.get("source") or "")
+    except (OSError, ValueError):
+        source = ""
+    return (Path(source).name if "/" in source else source) or Path(folder).resolve().name
 
 
 def collect_images(folder: Path) -> list[EvalImage]:

@@ -3,8 +3,9 @@
 The JSON follows CompressAI's `eval_model` output so its tools (and ours) read it:
 `{"name", "description", "results": {"psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time",
 "decoding_time"}}` with one value per checkpoint (the mean over images, one RD point per
-checkpoint), plus `checkpoints` (what each point was measured with) and `per_image`
-(one row per checkpoint and image). MS-SSIM is null for images under 161 pixels on a
+checkpoint), plus `checkpoints` (what each point was measured with, and the λ it was
+trained at where the checkpoint records one), `image_set` (what the images are, for plot
+titles) and `per_image` (one row per checkpoint and image, which BD intervals resample). MS-SSIM is null for images under 161 pixels on a
 side (too small for its five scales) and averaged over the images that have it.
 """
 
@@ -20,10 +21,11 @@ from typing import Any
 import torch
 
 from model.bitstream import CodecIdentity, tensor_to_image
-from model.checkpoints import load_codec
-from model.evaluation.images import EvalImage, collect_images
+from model.checkpoints import codec_from_checkpoint, trained_lambda
+from model.evaluation.images import EvalImage, collect_images, describe_image_set
 from model.evaluation.measurements import MEASUREMENTS, Codec, Measured
 from model.evaluation.quality import ms_ssim_value, psnr
+from model.official import read_weights_file
 from pipeline.atomic_files import write_json_atomically
 
 RESULTS_FORMAT = "segpic-eval"
@@ -99,7 +101,8 @@ def evaluate_checkpoint(
     progress: Callable[[str], None],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measure one checkpoint on every image: (its description, its per-image rows)."""
-    model = load_codec(checkpoint, device=config.device)
+    stored = read_weights_file(checkpoint)
+    model = codec_from_checkpoint(stored, str(checkpoint), device=config.device)
     identity = CodecIdentity.of(model)
     codec = Codec(model, identity, config.grid, torch.device(config.device))
     measurement = MEASUREMENTS[config.measurement]
@@ -116,7 +119,7 @@ def evaluate_checkpoint(
         rows.append(_image_row(checkpoint, image, x, measured))
         progress(f"{label} {image.name}: {rows[-1]['bpp']:.4f} bpp, {rows[-1]['psnr-rgb']:.2f} dB")
     description = {"path": str(checkpoint), "label": label, "arch": identity.arch, "N": identity.N,
-                   "M": identity.M, "weights_hash": identity.weights_hash}
+                   "M": identity.M, "lmbda": trained_lambda(stored), "weights_hash": identity.weights_hash}
     return description, rows
 
 
@@ -151,6 +154,7 @@ def evaluate(config: EvalConfig, progress: Callable[[str], None] = lambda line: 
         "format": RESULTS_FORMAT,
         "format_version": RESULTS_FORMAT_VERSION,
         "images": str(config.images),
+        "image_set": describe_image_set(Path(config.images)),
         "image_count": len(images),
         "grid": config.grid,
         "checkpoints": checkpoints,

@@ -73,6 +73,8 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 4
     decoded_cache_mb: int = 1024
+    init: Path | None = None
+    """Warm start: the weights of this checkpoint at step 0 (`model.training.warm_start`); see LAMBDA_FIELD."""
     val_images: Path | None = None
     val_masks: Path | None = None
     val_count: int = 1
@@ -148,13 +150,16 @@ class TrainConfig:
         or masks makes it another experiment unless `--allow-change` says so.
         """
         record: dict[str, Any] = {key: getattr(self, key) for key in EXPERIMENT_SETTINGS}
-        for key in ("images", "val_images", "val_masks"):
+        for key in ("images", "val_images", "val_masks", "init"):
             value = getattr(self, key)
             record[key] = str(value.resolve()) if value is not None else None
         masks = self.partition.masks_dir
         record["partition"] = f"{PARTITION_MASKS_PREFIX}{masks.resolve()}" if masks is not None else PARTITION_GRID
         return record
 
+
+LAMBDA_FIELD = "{lmbda}"
+"""In `init`, stands for the run's λ, so one setting names a warm start per λ (`tiny-grid-{lmbda}.pth.tar`)."""
 
 # Presets are starting points; explicit options override them field by field.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -186,4 +191,7 @@ def preset_config(preset: str, images: Path, out: Path, **overrides: Any) -> Tra
     if unknown:
         raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
     chosen = {key: value for key, value in overrides.items() if value is not None}
-    return replace(TrainConfig(images=images, out=out), **{**PRESETS[preset], "preset": preset, **chosen})
+    config = replace(TrainConfig(images=images, out=out), **{**PRESETS[preset], "preset": preset, **chosen})
+    if config.init is not None and LAMBDA_FIELD in str(config.init):
+        config = replace(config, init=Path(str(config.init).replace(LAMBDA_FIELD, str(config.lmbda))))
+    return config

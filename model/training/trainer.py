@@ -29,6 +29,7 @@ from model.training.dataset import TrainingData, build_training_data, pixels_to_
 from model.training.metrics import MetricsLog, Tracker, psnr, read_summary, write_summary
 from model.training.objective import rate_distortion, split_parameters
 from model.training.rundir import prepare_run_directory
+from model.training.warm_start import check_warm_start, load_warm_start
 from model.training.state import (
     Progress,
     check_state_format,
@@ -206,6 +207,8 @@ def open_session(config: TrainConfig, group: distributed.ProcessGroup) -> Sessio
     session.heap_kept = group.device.type == "cpu" and speed.keep_freed_memory()
     if config.resume and config.checkpoint_path.is_file():
         _resume(session)
+    elif config.init is not None:
+        load_warm_start(model, config)
     session.network = speed.compiled(group.wrap(model), config.compile)
     return session
 
@@ -301,6 +304,7 @@ def run(config: TrainConfig, prepared: bool = False) -> dict:
     if not prepared:
         distributed.resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
         if int(os.environ.get("RANK", "0")) == 0:  # other ranks would see rank 0's first files as another run
+            check_warm_start(config)
             prepare_run_directory(config)
         finished = finished_summary(config)
         if finished is not None:
@@ -335,6 +339,7 @@ def train(config: TrainConfig) -> dict:
     if distributed.in_process_group() or config.nproc == 1:
         return run(config)
     distributed.resolve_device(config.device)
+    check_warm_start(config)
     prepare_run_directory(config)
     finished = finished_summary(config)
     if finished is not None:

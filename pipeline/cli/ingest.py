@@ -14,7 +14,7 @@ from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, DEFAULT_SHARD_BYTES
 def ingest(
     source: Annotated[
         str,
-        typer.Argument(help="An image folder, `hf:NAME[:SPLIT]`, a Parquet file/folder (or `parquet:PATH`), or `sample`."),
+        typer.Argument(help="An image folder, `hf:NAME[:SPLIT]`, a Parquet file/folder (or `parquet:PATH`), or `sample` / `sample-eval` (offline photos: training, evaluation)."),
     ],
     out: Annotated[Path, typer.Option(help="Shard directory to write (part-NNNNN-of-NNNNN.parquet + manifest.json).")],
     shard_bytes: Annotated[

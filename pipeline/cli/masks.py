@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
+from pipeline.cli.file_values import read_file_value
 from pipeline.cli.timings import TimingsOption, check_outside, write_timings
 
 
@@ -33,22 +34,7 @@ def _file_settings(reference: str) -> tuple[tuple[str, Any], ...]:
     Lets a DVC stage hand a generator exactly its own block of params.yaml
     (`params.yaml:masks.settings.sam`); values keep their YAML types.
     """
-    import yaml
-
-    path_text, _, key = reference.rpartition(":") if ":" in reference else (reference, "", "")
-    path = Path(path_text)
-    if not path.is_file():
-        raise FileNotFoundError(f"--settings: {path}: no such file")
-    try:
-        found = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ValueError(f"--settings: {path} is not valid YAML or JSON{where} ({getattr(error, 'problem', error)})") from error
-    for part in key.split(".") if key else []:
-        if not isinstance(found, dict) or part not in found:
-            raise ValueError(f"--settings: {path} has no key {key!r}")
-        found = found[part]
+    found = read_file_value(reference, "--settings")
     if found is None:
         return ()
     if not isinstance(found, dict):

@@ -29,6 +29,13 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Seed of initialisation, order and crops.")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     decoded_cache_mb: Annotated[int | None, typer.Option(help="Decoded-image cache per loader process (MiB).")] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Warm start from this checkpoint's weights (fresh optimisers, step 0); {lmbda} in it stands for "
+            "the run's λ (tiny-grid-{lmbda}.pth.tar); empty: random initialisation."
+        ),
+    ] = None,
     val_images: Annotated[Path | None, typer.Option(help="Separate validation image shards.")] = None,
     val_masks: Annotated[Path | None, typer.Option(help="Mask shards aligned with --val-images.")] = None,
     val_count: Annotated[int | None, typer.Option(help="Images held out for validation without --val-images.")] = None,
@@ -73,6 +80,7 @@ def train(
             seed=seed,
             num_workers=workers,
             decoded_cache_mb=decoded_cache_mb,
+            init=Path(init) if init else None,
             val_images=val_images,
             val_masks=val_masks,
             val_count=val_count,

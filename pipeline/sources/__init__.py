@@ -8,7 +8,7 @@ from pipeline.sources.huggingface import HuggingFaceSource
 from pipeline.sources.parquet import ParquetSource
 from pipeline.sources.sample import SampleSource
 
-# Order matters: `sample` and `hf:` are exact prefixes, and a folder holding Parquet
+# Order matters: `sample`, `sample-eval` and `hf:` are exact names or prefixes, and a folder holding Parquet
 # files is read as Parquet rather than as a folder of (no) images.
 SOURCES: tuple[type[ImageSource], ...] = (SampleSource, HuggingFaceSource, ParquetSource, FolderSource)
 
@@ -19,7 +19,7 @@ def open_source(spec: str) -> ImageSource:
         if kind.accepts(spec):
             return kind(spec)
     raise ValueError(
-        f"{spec}: not a source (expected `sample`, `hf:NAME[:SPLIT]`, a Parquet file/folder or an image folder)"
+        f"{spec}: not a source (expected `sample`, `sample-eval`, `hf:NAME[:SPLIT]`, a Parquet file/folder or an image folder)"
     )
 
 

@@ -1,22 +1,27 @@
-"""`sample`: the offline photographs shipped with scikit-image."""
+"""`sample` and `sample-eval`: the offline photographs shipped with installed packages."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from pipeline.sample import sample_photo_paths
+from pipeline.sample import evaluation_photo_paths, sample_photo_paths
 from pipeline.sources.base import ImageSource, SourceRecord
 
 SAMPLE_SPEC = "sample"
+SAMPLE_SETS: dict[str, Callable[[], list[Path]]] = {
+    SAMPLE_SPEC: sample_photo_paths,
+    "sample-eval": evaluation_photo_paths,
+}
 
 
 class SampleSource(ImageSource):
-    """The sample photos in their fixed order; id = file name."""
+    """The photos of one offline set in their fixed order; id = file name."""
 
     @staticmethod
     def accepts(spec: str) -> bool:
-        return spec == SAMPLE_SPEC
+        return spec in SAMPLE_SETS
 
     def __init__(self, spec: str) -> None:
-        self.paths = sample_photo_paths()
+        self.paths = SAMPLE_SETS[spec]()
 
     def records(self) -> Iterator[SourceRecord]:
         for path in self.paths:
