@@ -81,7 +81,7 @@ section() {
         masks:0) limit=100 command=(benchmarks/bench_masks.py "${gpu[@]}" --model vit_h --images 8 --points-per-side 32 "${images[@]}") ;;
         masks:1) limit=120 command=(benchmarks/bench_masks.py "${cpu[@]}" --sam-small --images 1 --points-per-side 4) ;;
         generators:0) limit=130 command=(benchmarks/bench_masks.py --sam3 --sam2 large "${gpu[@]}" --model vit_h --images 4 --points-per-side 32 "${images[@]}") ;;
-        generators:1) limit=120 command=(benchmarks/bench_masks.py --sam3 --sam2 tiny "${cpu[@]}" --sam-small --sam3-small --prompts object --images 1 --points-per-side 2) ;;
+        generators:1) limit=300 command=(benchmarks/bench_masks.py --sam3 --sam2 tiny "${cpu[@]}" --sam-small --sam3-small --prompts object --images 1 --points-per-side 2) ;;
         training:0) limit=150 command=(benchmarks/bench_model.py --only-training "${gpu[@]}" --train-batch 8 --train-size 256 --compile) ;;
         training:1) limit=120 command=(benchmarks/bench_model.py --only-training --smoke "${cpu[@]}" --train-batch 1 --train-size 192 --train-repeats 1 --no-compile) ;;
         codec:0) limit=80 command=(benchmarks/bench_model.py --only-codec "${gpu[@]}" "${kodim01[@]}") ;;
