@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test repro bench clean-venv warm-start
+.PHONY: setup test repro bench clean-venv warm-start gpu-carry
 
 setup: $(STAMP)
 
@@ -50,3 +50,9 @@ warm-start: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# What benchmarks/gpu.sh needs on a bare GPU machine (README, "GPU figures"), in .gpu/ (git-ignored): wheels for
+# CPython 3.12 of the imports missing there, and kodim01-08 from KODAK when that folder exists.
+KODAK ?= ../shared/datasets/kodak
+gpu-carry:
+	bash benchmarks/gpu_carry.sh .gpu $(KODAK)

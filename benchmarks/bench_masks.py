@@ -21,10 +21,14 @@ with random weights box NMS then merges most survivors). One run prints:
     .venv/bin/python benchmarks/bench_masks.py --device cpu --model vit_b --images 2
 
 `--sam3` prints instead, on the same images, s/image, label-map regions and masks per image and
-peak memory for `sam` exact mode (`--model`), `sam3` points mode (same regime) and concepts mode:
+peak memory for `sam` exact mode (`--model`), SAM 2.1's official generator (`--sam2 large`, same
+regime, random weights), `sam3` points mode (same regime) and concepts mode:
 
     .venv/bin/python benchmarks/bench_masks.py --sam3 --device cuda --sam3-checkpoint sam3.pt --sam-checkpoint sam_vit_h_4b8939.pth
     .venv/bin/python benchmarks/bench_masks.py --sam3 --sam3-small --model vit_b --images 2 --points-per-side 4
+
+`--sam-small` (and `--sam3-small`) put the tests' toy networks in place of the real ones, so that
+`benchmarks/gpu.sh --smoke` runs every table on a CPU in seconds; their rates say nothing.
 """
 
 import argparse
@@ -54,6 +58,25 @@ from pipeline.sample import sample_photo_paths
 from pipeline.shards import list_shards
 
 KODAK_SIZE = (768, 512)
+
+
+def _tests_on_path() -> None:
+    """The tests' toy networks (`--sam-small`, `--sam3-small`) live in tests/, outside the package."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def sam_network(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The sam network of `--model` (random weights unless `--sam-checkpoint`), or the tests' toy SAM (`--sam-small`)."""
+    if not args.sam_small:
+        return sam_model_registry[args.model](checkpoint=args.sam_checkpoint or None).to(device).eval()
+    _tests_on_path()
+    from random_sams import tiny_sam
+
+    return tiny_sam().to(device)
+
+
+def sam_name(args: argparse.Namespace) -> str:
+    return "toy sam" if args.sam_small else args.model
 
 
 def load_images(count: int, folder: Path | None) -> list[np.ndarray]:
@@ -191,6 +214,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="Crops per encoder call in our engine.")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in fast mode.")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sam-checkpoint", default="", help="Weights of the sam network (random when empty).")
+    parser.add_argument("--sam-small", action="store_true", help="segment-anything's modules at the tests' toy sizes (CPU smoke runs).")
     add_sam3_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -198,7 +223,7 @@ def main() -> None:
     if args.sam3:
         return sam3_comparison(args)
     device = torch.device(args.device)
-    sam = sam_model_registry[args.model]().to(device).eval()
+    sam = sam_network(args, device)
     images = load_images(args.images, args.images_dir)
     exact, fast = SamSegmenter(sam), SamSegmenter(sam, fast=True, compile_encoder=args.compile)
 
@@ -230,7 +255,7 @@ def main() -> None:
     survivors = sum(len(records) for records in stock_masks) / len(images)
 
     n = len(images)
-    print(f"{args.model} random weights, {device}, {args.threads} CPU threads, {args.points_per_side}x{args.points_per_side} points, "
+    print(f"{sam_name(args)} {'checkpoint' if args.sam_checkpoint else 'random weights'}, {device}, {args.threads} CPU threads, {args.points_per_side}x{args.points_per_side} points, "
           f"{n} images {images[0].shape[1]}x{images[0].shape[0]}, batch {args.batch}{', compiled' if args.compile else ''}")
     print(f"realistic regime: pred_iou_thresh={threshold:.4f} keeps {args.keep:.0%} of {candidates} candidates/image, "
           f"stability filter off; {survivors:.1f} masks/image after NMS")
@@ -253,7 +278,7 @@ def main() -> None:
 def add_sam3_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("SAM 3 (--sam3): s/image, masks and regions per image, peak memory")
     group.add_argument("--sam3", action="store_true", help="Compare sam3 points and concepts with sam exact mode (--model).")
-    group.add_argument("--sam-checkpoint", default="", help="Weights of the sam network (random when empty).")
+    group.add_argument("--sam2", default="", help="Add a row for SAM 2.1 of this size (tiny, small, base_plus, large), random weights.")
     group.add_argument("--sam3-checkpoint", default="", help="sam3.pt (random weights at full size when empty).")
     group.add_argument("--sam3-small", action="store_true", help="SAM 3's builder at the tests' toy sizes (CPU runs).")
     group.add_argument("--prompts", default="", help="Concepts mode's prompts (default: the generator's).")
@@ -267,7 +292,7 @@ def _sam3_network(args: argparse.Namespace, device: torch.device) -> torch.nn.Mo
         return load_sam3(Path(args.sam3_checkpoint), clip_vocabulary(), device)
     if not args.sam3_small:
         return build_sam3(clip_vocabulary(), device)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    _tests_on_path()
     from random_sam3 import small_sam3_builder
 
     with small_sam3_builder():
@@ -275,7 +300,10 @@ def _sam3_network(args: argparse.Namespace, device: torch.device) -> torch.nn.Mo
 
 
 def _masks_per_image(generator, images: list[np.ndarray]) -> float:
-    """Masks before the label map (untimed): the engine's survivors, or concept instances above the threshold."""
+    """Masks before the label map (untimed): the engine's (or SAM 2.1's generator's) survivors, or concept instances above the threshold."""
+    if generator.name == "sam2":
+        with torch.inference_mode():
+            return float(np.mean([len(generator.amg.generate(image)) for image in images]))
     if generator.config.mode != "concepts":
         return float(np.mean([len(found.iou_preds) for found in generator.engine.masks(images)]))
     segmenter, config, counts = generator.segmenter, generator.config, []
@@ -299,34 +327,71 @@ def _generator_row(name: str, generator, images: list[np.ndarray], device: torch
 
 def _sam_row(args: argparse.Namespace, images: list[np.ndarray], device: torch.device) -> tuple:
     """sam exact mode in the realistic regime; its network is freed on return, before SAM 3's is built."""
-    sam = sam_model_registry[args.model](checkpoint=args.sam_checkpoint or None).to(device).eval()
+    sam = sam_network(args, device)
     base = AmgSettings(points_per_side=args.points_per_side, stability_score_thresh=0.0)
     threshold, _ = realistic_iou_threshold(SamSegmenter(sam), images, base, args.keep)
     settings = {**vars(base), "pred_iou_thresh": threshold, "model": args.model}
-    return _generator_row(f"sam {args.model} exact", SamGenerator(SamGenerator.Config(**settings), model=sam), images, device)
+    return _generator_row(f"sam {sam_name(args)} exact", SamGenerator(SamGenerator.Config(**settings), model=sam), images, device)
+
+
+def sam21_iou_threshold(network: torch.nn.Module, images: list[np.ndarray], settings: AmgSettings, keep: float) -> float:
+    """`realistic_iou_threshold` for SAM 2.1: its predictor's IoUs on the point grid, prompted as its own AMG does."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+    from sam2.utils.amg import build_point_grid
+
+    predictor, grid, predicted = SAM2ImagePredictor(network), build_point_grid(settings.points_per_side), []
+    with torch.inference_mode():
+        for image in images:
+            predictor.set_image(image)
+            points = torch.as_tensor(grid * np.array([[image.shape[1], image.shape[0]]]), dtype=torch.float32, device=predictor.device)
+            for batch in points.split(settings.points_per_batch):
+                prompts = predictor._transforms.transform_coords(batch, normalize=True, orig_hw=image.shape[:2])
+                labels = torch.ones(len(prompts), dtype=torch.int, device=predictor.device)
+                _, iou_preds, _ = predictor._predict(prompts[:, None, :], labels[:, None], multimask_output=True, return_logits=True)
+                predicted.append(iou_preds.flatten().float().cpu())
+    return float(np.quantile(torch.cat(predicted).numpy(), 1.0 - keep))
+
+
+def _sam2_row(args: argparse.Namespace, images: list[np.ndarray], device: torch.device) -> tuple:
+    """SAM 2.1 (`--sam2`, random weights) through the official automatic mask generator, in the realistic regime."""
+    from pipeline.generators.sam2 import Sam2Generator, build_sam21
+
+    network = build_sam21(args.sam2, None, device)
+    base = AmgSettings(points_per_side=args.points_per_side, stability_score_thresh=0.0)
+    threshold = sam21_iou_threshold(network, images, base, args.keep)
+    config = Sam2Generator.Config(**{**vars(base), "pred_iou_thresh": threshold, "model": args.sam2})
+    return _generator_row(f"sam2.1 {args.sam2}", Sam2Generator(config, model=network), images, device)
 
 
 def sam3_comparison(args: argparse.Namespace) -> None:
-    """One table: sam exact, sam3 points, sam3 concepts on the same images (points: the realistic regime)."""
+    """One table: sam exact, SAM 2.1 (`--sam2`), sam3 points, sam3 concepts on the same images (points: the realistic regime).
+
+    Rows are printed as they are measured, so a time limit that stops a later generator keeps the earlier ones.
+    """
     from pipeline.generators.sam3 import Sam3Generator
     from pipeline.generators.sam3_segmenter import Sam3Segmenter
 
     device = torch.device(args.device)
     images = load_images(args.images, args.images_dir)
-    rows = [_sam_row(args, images, device)]
+    weights = "checkpoints" if args.sam_checkpoint and args.sam3_checkpoint else "random weights"
+    print(f"{len(images)} images {images[0].shape[1]}x{images[0].shape[0]}, {device}, {args.threads} CPU threads, {weights}, "
+          f"{args.points_per_side}x{args.points_per_side} points keeping {args.keep:.0%} by predicted IoU{', SAM 3 at toy sizes' if args.sam3_small else ''}{', toy sam' if args.sam_small else ''}")
+    print(f"{'generator':<18}{'s/image':>9}{'regions/image':>15}{'masks/image':>13}   peak memory", flush=True)
+
+    def print_row(name: str, seconds: float, regions: float, memory: str, masks: float) -> None:
+        print(f"{name:<18}{seconds:9.2f}{regions:15.1f}{masks:13.1f}   {memory}", flush=True)
+
+    print_row(*_sam_row(args, images, device))
+    if args.sam2:
+        print_row(*_sam2_row(args, images, device))
     sam3 = _sam3_network(args, device)
     base = AmgSettings(points_per_side=args.points_per_side, stability_score_thresh=0.0)
     threshold, _ = realistic_iou_threshold(Sam3Segmenter(sam3), images, base, args.keep)
     points = Sam3Generator.Config(**{**vars(base), "pred_iou_thresh": threshold})
     concepts = Sam3Generator.Config(mode="concepts", confidence_threshold=args.confidence, **({"prompts": args.prompts} if args.prompts else {}))
-    rows += [_generator_row(name, Sam3Generator(config, model=sam3), images, device)
-             for name, config in (("sam3 points", points), ("sam3 concepts", concepts))]
-    weights = "checkpoints" if args.sam_checkpoint and args.sam3_checkpoint else "random weights"
-    print(f"{len(images)} images {images[0].shape[1]}x{images[0].shape[0]}, {device}, {args.threads} CPU threads, {weights}, "
-          f"{args.points_per_side}x{args.points_per_side} points keeping {args.keep:.0%} by predicted IoU{', SAM 3 at toy sizes' if args.sam3_small else ''}")
-    print(f"{'generator':<18}{'s/image':>9}{'regions/image':>15}{'masks/image':>13}   peak memory")
-    for name, seconds, regions, memory, masks in rows:
-        print(f"{name:<18}{seconds:9.2f}{regions:15.1f}{masks:13.1f}   {memory}")
+    for name, config in (("sam3 points", points), ("sam3 concepts", concepts)):
+        print_row(*_generator_row(name, Sam3Generator(config, model=sam3), images, device))
+
 
 if __name__ == "__main__":
     main()

@@ -57,6 +57,8 @@ FIXED_MMAP_THRESHOLD = "65536"
 KERNEL_NAMES = ("dps_conv", "masked_average_pool", "expand_prototypes")
 CODER_NAMES = ("build_indexes", "encode_symbols", "decode_symbols")
 CODEC_MODES = ("plain", "fast", "portable")
+PUBLISHED_WIDTHS = {"N": 192, "M": 320}
+SMOKE_WIDTHS = {"N": 24, "M": 40}  # the tiny preset's: `--smoke` checks that the script runs, it measures nothing
 
 
 @contextlib.contextmanager
@@ -305,17 +307,20 @@ def interleaved_cpu_steps(modes: list[training_step.Mode], size: int, batch: int
     return {mode: (min(seconds for seconds, _ in steps[2:]), steps[-1][1]) for mode, steps in results.items()}
 
 
-def bench_training_step(device: torch.device, batches: list[int], size: int, repeats: int, compiled: bool) -> None:
+def bench_training_step(device: torch.device, batches: list[int], size: int, repeats: int, compiled: bool, smoke: bool = False) -> None:
     """Step time and peak memory of each mode of `training_step` (see there for the reference), row by row.
 
     On a CPU the modes run in turn in processes of their own (`interleaved_cpu_steps`), and the
-    peak memory in one more per mode (`cpu_training_peak`).
+    peak memory in one more per mode (`cpu_training_peak`); a smoke run (toy widths) times them
+    here, as on a GPU. Rows are printed as they are measured, so a time limit that stops the
+    compiled mode keeps the others.
     """
     modes = [mode for mode in training_step.MODES if compiled or not mode.compile]
-    print(f"training step, N=192 M=320, {size}x{size}, SLIC masks, on {device} (target >=1.3x on CPU)")
+    widths = SMOKE_WIDTHS if smoke else PUBLISHED_WIDTHS
+    print(f"training step, N={widths['N']} M={widths['M']}, {size}x{size}, SLIC masks, on {device} (target >=1.3x on CPU)")
     training_step.print_header()
     for batch in batches:
-        if device.type == "cpu":
+        if device.type == "cpu" and not smoke:
             best = interleaved_cpu_steps(modes, size, batch, repeats)
             measurements = []
             for mode in modes:
@@ -323,9 +328,11 @@ def bench_training_step(device: torch.device, batches: list[int], size: int, rep
                 measurements.append(training_step.Measurement(mode, batch, seconds, cpu_training_peak(mode, size, batch), loss))
         else:
             images_and_labels = photo_batch(size, batch)
-            measurements = [training_step.measure(mode, images_and_labels, device, repeats) for mode in modes]
+            measurements = (training_step.measure(mode, images_and_labels, device, repeats, widths) for mode in modes)
+        reference = None
         for measurement in measurements:
-            training_step.print_row(measurement, measurements[0])
+            reference = reference or measurement
+            training_step.print_row(measurement, reference)
 
 
 def mode_named(name: str) -> training_step.Mode:
@@ -353,9 +360,9 @@ def cross_device_round_trip(model, image: torch.Tensor) -> None:
         )
 
 
-def bench_codec(image_path: Path, device: torch.device) -> None:
+def bench_codec(image_path: Path, device: torch.device, smoke: bool = False) -> None:
     torch.manual_seed(3)
-    model = build_model("segpic").eval()
+    model = build_model("segpic", **(SMOKE_WIDTHS if smoke else PUBLISHED_WIDTHS)).eval()
     model.update()
     model.to(device)
     image, description = codec_image(image_path)
@@ -387,6 +394,7 @@ def main(
     image: Path,
     training: tuple[list[int], int, int, bool] | None,
     codec: bool,
+    smoke: bool = False,
 ) -> None:
     """`training` = (batches, size, repeats, compiled) of the training-step table, or None to skip it."""
     torch.set_num_threads(threads)
@@ -394,9 +402,9 @@ def main(
         bench_dps_conv()
         bench_pooling()
     if training is not None:
-        bench_training_step(device, *training)
+        bench_training_step(device, *training, smoke)
     if codec:
-        bench_codec(image, device)
+        bench_codec(image, device, smoke)
 
 
 if __name__ == "__main__":
@@ -415,6 +423,8 @@ if __name__ == "__main__":
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="include the compiled mode (default: on cuda only; compiling on a CPU takes many minutes)")
     parser.add_argument("--only-training", action="store_true", help="print the training-step table only")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"toy widths {SMOKE_WIDTHS} and the training modes timed in one process: checks that the script runs, measures nothing")
     arguments = parser.parse_args()
     if arguments.probe_dps_memory:
         print(probe_dps_memory(arguments.probe_dps_memory))
@@ -438,4 +448,5 @@ if __name__ == "__main__":
             arguments.image,
             None if arguments.only_codec else training,
             not arguments.only_training,
+            arguments.smoke,
         )

@@ -170,11 +170,12 @@ class PeakMemory:
         return _status_kib("VmHWM") * 1024 - self._base
 
 
-def step_function(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device) -> Callable[[], float]:
+def step_function(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device, widths: dict | None = None) -> Callable[[], float]:
+    """One training step of `mode` on `batch`; `widths` (N, M) replace the published ones in smoke runs."""
     if device.type == "cpu" and not mode.published:
         speed.keep_freed_memory()
     torch.manual_seed(2)
-    model = build_model("segpic").to(device, memory_format=speed.memory_format(mode.channels_last)).train()
+    model = build_model("segpic", **(widths or {})).to(device, memory_format=speed.memory_format(mode.channels_last)).train()
     if mode.bf16:
         speed.keep_float32_islands(model, device.type)
     main_parameters, aux_parameters = split_parameters(model)
@@ -216,7 +217,7 @@ def step_clock(device: torch.device) -> Callable[[], float]:
     return time.perf_counter
 
 
-def measure(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device, repeats: int) -> Measurement:
+def measure(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device, repeats: int, widths: dict | None = None) -> Measurement:
     """Best of `repeats` timed steps after two warm-up steps (allocator, Adam state, compilation).
 
     Peak memory is measured around the last step: the CUDA allocator's peak on a GPU, the rise of
@@ -224,7 +225,7 @@ def measure(mode: Mode, batch: tuple[Tensor, Tensor], device: torch.device, repe
     MALLOC_MMAP_THRESHOLD_, see `bench_model.cpu_training_peak`).
     """
     with published_cost() if mode.published else contextlib.nullcontext():
-        step = step_function(mode, batch, device)
+        step = step_function(mode, batch, device, widths)
         for _ in range(2):
             step()
         times = []
