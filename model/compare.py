@@ -137,7 +137,7 @@ def _interval_cell(interval: Interval, digits: int) -> str:
     return "" if interval.low is None else f"[{interval.low:+.{digits}f}, {interval.high:+.{digits}f}]"
 
 
-def verdict_line(row: ComparisonRow, metric: str, anchor: str) -> str | None:
+def verdict_line(row: ComparisonRow, metric: str, anchor: str, anchor_label: str) -> str | None:
     """'felzenszwalb vs grid, PSNR: BD-rate -3.1 % [-5.0, -1.2]: fewer bits; BD-PSNR ...', or None without a value."""
     result, uncertainty = row.results[metric], row.uncertainty.get(metric)
     if result.bd_rate_percent is None or row.curve == anchor or uncertainty is None:
@@ -151,7 +151,7 @@ def verdict_line(row: ComparisonRow, metric: str, anchor: str) -> str | None:
         bounds = _interval_cell(interval, 2 if unit == " %" else 3)
         parts.append(f"{name} {value:+.{2 if unit == ' %' else 3}f}{unit}" + (f" {bounds}: {judged}" if bounds else ""))
     reason = "" if uncertainty.bd_rate.low is not None else f" (no interval: {uncertainty.bd_rate.note})"
-    return f"{row.label} vs {anchor}, {title}: " + "; ".join(parts) + reason
+    return f"{row.label} vs {anchor_label}, {title}: " + "; ".join(parts) + reason
 
 
 def legend_text(row: ComparisonRow, metric: str, anchor: str) -> str:
@@ -193,6 +193,7 @@ def markdown_table(
         "|" + "---|" * len(header),
     ]
     notes, verdicts = [], []
+    anchor_label = next(row.label for row in rows if row.curve == anchor)
     for row in rows:
         cells = [row.label if row.label == row.curve else f"{row.label} (`{row.curve}`)", str(row.points)]
         for metric, result in row.results.items():
@@ -203,7 +204,7 @@ def markdown_table(
             ]
             if result.note and row.curve != anchor:
                 notes.append(f"- {row.curve}, {metric}: n/a, {result.note}")
-            line = verdict_line(row, metric, anchor)
+            line = verdict_line(row, metric, anchor, anchor_label)
             if line:
                 verdicts.append(f"- {line}")
         lines.append("| " + " | ".join(cells) + " |")

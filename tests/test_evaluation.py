@@ -198,3 +198,51 @@ def test_published_layout_checkpoint_is_evaluated(tmp_path, images):
     row = document["per_image"][0]
     assert row["stream_bytes"] * 8 / (64 * 64) == pytest.approx(row["bpp"], rel=1e-12)
     assert (tmp_path / "bits" / "segpic_published_layout" / "rocket.segpic").stat().st_size == row["file_bytes"]
+
+
+def test_names_from_evaluates_exactly_the_listed_runs(tmp_path, checkpoints, images):
+    """A study's run folder keeps runs of λ values it no longer lists: those are left out, saying so."""
+    runs = tmp_path / "runs"
+    for name in ("0.0035", "0.013", "0.0018"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "checkpoint.pt").write_bytes(checkpoints[0].read_bytes())
+    (tmp_path / "params.yaml").write_text("train:\n  lambdas: [0.0035, 0.013]\n")
+    result = CliRunner().invoke(app, [
+        "eval", str(runs), "--names-from", f"{tmp_path / 'params.yaml'}:train.lambdas",
+        "--images", str(images), "--out", str(tmp_path / "out.json"), "--entropy-estimation",
+    ])
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "out.json").read_text())
+    assert [entry["label"] for entry in document["checkpoints"]] == ["0.0035", "0.013"]
+    assert f"left out {runs / '0.0018'}: 0.0018 is not in" in result.output
+
+
+@pytest.mark.parametrize(("lambdas", "extra", "message"), [
+    ("[0.0035, 0.0483]", [], "no run folder for 0.0483"),
+    ("{a: 1}", [], "is not a list of names"),
+    ("[0.0035]", ["second.pt"], "--names-from takes one folder of run folders"),
+])
+def test_names_from_refuses_what_it_cannot_select(tmp_path, checkpoints, images, lambdas, extra, message):
+    runs = tmp_path / "runs"
+    (runs / "0.0035").mkdir(parents=True)
+    (runs / "0.0035" / "checkpoint.pt").write_bytes(checkpoints[0].read_bytes())
+    (tmp_path / "params.yaml").write_text(f"train:\n  lambdas: {lambdas}\n")
+    result = CliRunner().invoke(app, [
+        "eval", str(runs), *extra, "--names-from", f"{tmp_path / 'params.yaml'}:train.lambdas",
+        "--images", str(images), "--out", str(tmp_path / "out.json"),
+    ])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_results_record_each_checkpoints_lambda_and_the_image_set(tmp_path, images):
+    """λ comes from the training state of our checkpoints; a published-layout file records none."""
+    model = random_segpic(0, **WIDTHS)
+    model.update()
+    save_codec(tmp_path / "ours.pt", model, "segpic", WIDTHS, extra={"training": {"experiment": {"lmbda": 0.013}}})
+    save_official_checkpoint(tmp_path / "published.pth.tar", model)
+    out = tmp_path / "out.json"
+    evaluate(EvalConfig((tmp_path / "ours.pt", tmp_path / "published.pth.tar"), images, out, entropy_estimation=True))
+    document = json.loads(out.read_text())
+    assert [entry["lmbda"] for entry in document["checkpoints"]] == [0.013, None]
+    assert document["image_set"] == images.name
