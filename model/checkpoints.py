@@ -18,6 +18,7 @@ from compressai.models import CompressionModel
 from model import official
 from model.architectures import build_model
 from pipeline.atomic_files import atomic_output
+from pipeline.torch_files import read_torch_file
 
 CHECKPOINT_FORMAT = "segpic-checkpoint"
 FORMAT_VERSION = 1
@@ -85,7 +86,7 @@ def _model_from_ours(checkpoint: Mapping[str, Any], source: str) -> CompressionM
 
 def load_codec(path: str | Path, device: str | torch.device = "cpu") -> CompressionModel:
     """The codec in a checkpoint (ours or the published layout), in eval mode with coder tables built."""
-    checkpoint = official.read_weights_file(path)
+    checkpoint = read_torch_file(path)
     if is_our_checkpoint(checkpoint):
         model = _model_from_ours(checkpoint, str(path))
     else:

@@ -41,7 +41,7 @@ def test_summary_per_source_with_missing_iou_as_null(tmp_path):
 
 def test_failed_images_are_counted_apart_and_left_out_of_the_averages(tmp_path):
     write_mask_shard(tmp_path / "sam", [(10, 0.5, 0.75), (0, 0.0, math.nan), (30, 1.0, 0.25)])
-    stats = write_mask_stats([tmp_path / "sam"], tmp_path / "stats.json")[0]
+    stats = write_mask_stats([tmp_path / "sam"], tmp_path / "stats.json").stats[0]
     assert (stats.images, stats.failed, stats.regions_mean, stats.regions_median) == (3, 1, 20.0, 20.0)
     assert (stats.coverage_mean, stats.mean_iou) == (0.75, 0.5)
     write_mask_shard(tmp_path / "broken", [(0, 0.0, math.nan)])

@@ -5,7 +5,9 @@ from typing import Annotated
 
 import typer
 
+from pipeline.atomic_files import refuse_to_replace
 from pipeline.cli.errors import exit_on_user_error
+from pipeline.cli.overwrite import OverwriteOption
 
 
 def _stderr(line: str) -> None:
@@ -26,6 +28,7 @@ def eval_command(
     bitstreams: Annotated[Path | None, typer.Option(help="Keep the .segpic files under DIR/<checkpoint>/.")] = None,
     grid: Annotated[int, typer.Option(help="Prototype grid g (g×g regions) at test time.")] = 4,
     device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Compress and decompress every image with every checkpoint; print the averaged RD points."""
     from model.evaluation.run import EvalConfig, evaluate
@@ -34,6 +37,7 @@ def eval_command(
         tuple(checkpoints), images, out, name, entropy_estimation, reconstructions, bitstreams, grid, device
     )
     with exit_on_user_error():
+        refuse_to_replace([out], overwrite)
         document = evaluate(config, progress=_stderr)
     results = document["results"]
     for index, entry in enumerate(document["checkpoints"]):
