@@ -18,17 +18,20 @@ from pipeline.generators.sam3_network import DeviceRedirect
 SAM21_ONLY_KEYS = ("no_obj_embed_spatial", "obj_ptr_tpos_proj.weight", "obj_ptr_tpos_proj.bias")
 
 
-def zero_state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The network's state dict with every tensor a stride-0 view of a single zero."""
-    zero = torch.zeros(())
-    return {name: zero.expand(tensor.shape) for name, tensor in network.state_dict().items()}
+def zero_state(network: torch.nn.Module, value: float = 0.0) -> dict[str, torch.Tensor]:
+    """The network's state dict with every tensor a stride-0 view of a single number (zero unless `value`)."""
+    scalar = torch.full((), value)
+    return {name: scalar.expand(tensor.shape) for name, tensor in network.state_dict().items()}
 
 
-def write_sam_checkpoint(path: Path, model: str) -> Path:
-    """A SAM 1 file (a bare state dict, as `sam_vit_b_01ec64.pth`) of `model` vit_b, vit_l or vit_h."""
+def write_sam_checkpoint(path: Path, model: str, value: float = 0.0) -> Path:
+    """A SAM 1 file (a bare state dict, as `sam_vit_b_01ec64.pth`) of `model` vit_b, vit_l or vit_h.
+
+    Files of other `value`s have the same size and other bytes: other weights under the same name.
+    """
     with torch.device("meta"):
         network = sam_model_registry[model]()
-    torch.save(zero_state(network), path)
+    torch.save(zero_state(network, value), path)
     return path
 
 

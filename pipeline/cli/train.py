@@ -23,7 +23,7 @@ def _kept(help_text: str, default: str) -> str:
 def train(
     out: Annotated[Path, typer.Option(help="Run directory: checkpoint.pt, metrics.json, live/ plots.")],
     images: Annotated[
-        Path | None, typer.Option(help="Image shard directory (segpic ingest); required unless --resume keeps the run's.")
+        Path | None, typer.Option(help="Image shard directory (segpic ingest). [required; --resume: the run's]")
     ] = None,
     partition: Annotated[
         str | None,
