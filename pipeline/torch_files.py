@@ -20,7 +20,7 @@ import torch
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 PICKLE_PROTOCOL_2 = b"\x80\x02"  # the legacy format starts with a pickled magic number
 _PICKLED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-SHOWN_START = 24
+SHOWN_START = 40
 
 
 def read_torch_file(path: str | Path, mmap: bool = False) -> Any:

@@ -137,5 +137,6 @@ def masks(
         f"{out}: wrote {len(summary.written)} shard(s), {summary.images} image(s), {summary.failed} failed; "
         f"{len(summary.already_done)} shard(s) already done; set {state}"
     )
-    if stats and stats.warning():
-        typer.echo(stats.warning(), err=True)
+    warning = stats.warning() if stats else None
+    if warning:
+        typer.echo(warning, err=True)

@@ -56,6 +56,7 @@ class WeightsFamily:
     default: str  # the model fetched when neither a checkpoint nor a model is given
 
     def cache_dir(self, cache_dir: str) -> Path:
+        """The folder official files are kept in: the `cache_dir` setting, else the family's folder in the cache root."""
         return Path(cache_dir) if cache_dir else cache_root() / self.folder
 
 
@@ -133,6 +134,13 @@ def fetch_weights(weights: OfficialWeights, cache_dir: Path, sha256: str = "") -
     return target
 
 
+def _matching(path: Path, sha256: str) -> Path:
+    """`path`, refused when `sha256` is given and the file's differs."""
+    if sha256 and weights_sha256(path) != sha256:
+        raise ValueError(f"{path}: sha256 does not match the expected {sha256}")
+    return path
+
+
 def _cached_gated(weights: OfficialWeights, cache_dir: Path, sha256: str) -> Path:
     """A gated file from the cache folder (checked against `sha256` when given); never downloaded."""
     target = cache_dir / weights.file_name
@@ -140,9 +148,7 @@ def _cached_gated(weights: OfficialWeights, cache_dir: Path, sha256: str) -> Pat
         raise SamWeightsUnavailable(
             f"no checkpoint: expected {target} (or pass checkpoint=PATH); {weights.gated.format(folder=cache_dir)}"
         )
-    if sha256 and weights_sha256(target) != sha256:
-        raise ValueError(f"{target}: sha256 does not match the expected {sha256}")
-    return target
+    return _matching(target, sha256)
 
 
 def resolve_checkpoint(family: WeightsFamily, model: str, checkpoint: str, cache_dir: str, sha256: str = "") -> Path:
@@ -151,9 +157,7 @@ def resolve_checkpoint(family: WeightsFamily, model: str, checkpoint: str, cache
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"{family.title} checkpoint {path} does not exist")
-        if sha256 and weights_sha256(path) != sha256:
-            raise ValueError(f"{path}: sha256 does not match the expected {sha256}")
-        return path
+        return _matching(path, sha256)
     model = model or family.default
     if model not in family.weights:
         raise ValueError(f"unknown {family.title} model {model!r}; choose one of {', '.join(family.weights)}")
