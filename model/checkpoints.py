@@ -18,6 +18,7 @@ from compressai.models import CompressionModel
 from model import official
 from model.architectures import build_model
 from pipeline.atomic_files import atomic_output
+from pipeline.torch_files import read_torch_file
 
 CHECKPOINT_FORMAT = "segpic-checkpoint"
 FORMAT_VERSION = 1
@@ -96,7 +97,7 @@ def codec_from_checkpoint(checkpoint: object, source: str, device: str | torch.d
 
 def load_codec(path: str | Path, device: str | torch.device = "cpu") -> CompressionModel:
     """The codec in the checkpoint file at `path` (see `codec_from_checkpoint`)."""
-    return codec_from_checkpoint(official.read_weights_file(path), str(path), device)
+    return codec_from_checkpoint(read_torch_file(path), str(path), device)
 
 
 def trained_lambda(checkpoint: object) -> float | None:

@@ -11,9 +11,7 @@ The published files (layout: `model/reference/segpic_official_keys.json`) differ
 Files are always read with `torch.load(weights_only=True)`: nothing but tensors is unpickled.
 """
 
-import pickle
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from torch import Tensor
 
 from model.architectures import build_model
 from model.entropy_coding import CDF_BUFFERS
+from pipeline.torch_files import read_torch_file
 
 PUBLISHED_N = 192
 PUBLISHED_M = 320
@@ -32,36 +31,6 @@ _LEGACY_LEAF = re.compile(r"^_(matrix|bias|factor)(\d+)$")
 _PLURAL = {"matrix": "matrices", "bias": "biases", "factor": "factors"}
 _SINGULAR = {plural: singular for singular, plural in _PLURAL.items()}
 _LISTED_KEYS = 12
-_PICKLED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-
-
-def read_weights_file(path: str | Path) -> object:
-    """The object in a torch file, unpickling tensors and plain containers only."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such checkpoint file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it better
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several unrelated types for unreadable files
-        raise ValueError(f"{path}: {_unreadable_reason(error)}") from error
-
-
-def _unreadable_reason(error: Exception) -> str:
-    """Why torch could not read a weights file, in one line and without torch's advice to unpickle anyway."""
-    text = str(error)
-    pickled = _PICKLED_GLOBAL.search(text)
-    if pickled:
-        return (
-            f"not a readable torch weights file: it holds a pickled Python object ({pickled.group(1)}), and only "
-            "tensors and plain containers are loaded from checkpoints, never code: save the weights alone (a state_dict)"
-        )
-    if isinstance(error, pickle.UnpicklingError) or "weights_only" in text:
-        return "not a readable torch weights file (its pickled data is not tensors and plain containers)"
-    if isinstance(error, (KeyError, EOFError)) or not text.strip():  # garbage bytes read as pickle opcodes
-        return "not a readable torch weights file (neither a torch zip archive nor a pickle: empty, truncated or another format)"
-    return f"not a readable torch weights file ({error.__class__.__name__}: {text.strip().splitlines()[0]})"
 
 
 def _bottleneck_names(model: CompressionModel) -> set[str]:
@@ -198,4 +167,4 @@ def load_official_checkpoint(path: str | Path, N: int | None = None, M: int | No
 
     Widths not given are read from the file.
     """
-    return model_from_official_state(read_weights_file(path), str(path), N=N, M=M)
+    return model_from_official_state(read_torch_file(path), str(path), N=N, M=M)

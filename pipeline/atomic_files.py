@@ -9,12 +9,25 @@ owner-only 0600 of `mkstemp`, so results can be shared.
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 INCOMPLETE_SUFFIX = ".incomplete"
+
+
+def refuse_to_replace(paths: Iterable[Path], overwrite: bool) -> None:
+    """Raise naming the first of `paths` that is a folder or (unless `overwrite`) an existing file.
+
+    The one rule of every command that writes files the user names: a file is replaced only
+    when asked (`--overwrite`), checked before any work, so a slip of `-o` costs nothing.
+    """
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; give the file to write")
+        if path.exists() and not overwrite:
+            raise ValueError(f"{path} already exists: pass --overwrite to replace it, or choose another file")
 
 
 def new_file_mode() -> int:

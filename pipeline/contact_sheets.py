@@ -4,6 +4,10 @@ A table of region counts cannot show whether masks follow objects or cut across 
 glance at a sheet can. Tiles are the first images of the set (reading stops there, so a
 sheet of ImageNet costs one row group), each captioned with its id and region count;
 images the masks stage could not label are captioned `failed` and show no boundaries.
+
+Boundaries are drawn in black or white, whichever stands out from the pixel beneath (a
+fixed colour vanishes on objects of that colour); each tile sits at the top of its cell
+with its caption right below it, and a gutter keeps neighbouring tiles apart.
 """
 
 import io
@@ -20,9 +24,10 @@ SHEET_IMAGES = 12
 SHEET_COLUMNS = 4
 TILE_SIDE = 256
 CAPTION_HEIGHT = 14
-BOUNDARY_COLOUR = (255, 32, 32)
+GUTTER = 8
 BACKGROUND = (24, 24, 24)
 CAPTION_COLOUR = (235, 235, 235)
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
 
 
 def region_boundaries(label_map: np.ndarray) -> np.ndarray:
@@ -33,8 +38,14 @@ def region_boundaries(label_map: np.ndarray) -> np.ndarray:
     return edges
 
 
+def draw_boundaries(pixels: np.ndarray, boundaries: np.ndarray) -> None:
+    """Paint `boundaries` ((H, W) bool) into `pixels` ((H, W, 3) uint8) in place: black over light pixels, white over dark."""
+    light = pixels[boundaries] @ LUMA_WEIGHTS >= 128
+    pixels[boundaries] = np.where(light[:, None], 0, 255).astype(np.uint8)
+
+
 def _tile(image_bytes: bytes, mask_bytes: bytes, failed: bool) -> Image.Image:
-    """The image scaled to fit TILE_SIDE, with boundaries of its label map (scaled alike, nearest) in red."""
+    """The image scaled to fit TILE_SIDE, with boundaries of its label map (scaled alike, nearest) drawn over it."""
     with Image.open(io.BytesIO(image_bytes)) as opened:
         image = opened.convert("RGB")
     scale = TILE_SIDE / max(image.size)
@@ -43,7 +54,7 @@ def _tile(image_bytes: bytes, mask_bytes: bytes, failed: bool) -> Image.Image:
     if not failed:
         with Image.open(io.BytesIO(mask_bytes)) as mask:
             label_map = np.asarray(mask.resize(size, Image.Resampling.NEAREST))
-        pixels[region_boundaries(label_map)] = BOUNDARY_COLOUR
+        draw_boundaries(pixels, region_boundaries(label_map))
     return Image.fromarray(pixels)
 
 
@@ -72,13 +83,14 @@ def write_contact_sheet(masks: Path, images: Path, out: Path) -> Path:
     if not tiles:
         raise ValueError(f"{masks}: no rows to draw")
     rows = -(-len(tiles) // SHEET_COLUMNS)
-    cell = (TILE_SIDE, TILE_SIDE + CAPTION_HEIGHT)
-    sheet = Image.new("RGB", (cell[0] * SHEET_COLUMNS, cell[1] * rows), BACKGROUND)
+    cell = (TILE_SIDE + GUTTER, TILE_SIDE + CAPTION_HEIGHT + GUTTER)
+    sheet = Image.new("RGB", (GUTTER + cell[0] * SHEET_COLUMNS, GUTTER + cell[1] * rows), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     for position, (tile, caption) in enumerate(tiles):
-        left, top = (position % SHEET_COLUMNS) * cell[0], (position // SHEET_COLUMNS) * cell[1]
-        sheet.paste(tile, (left + (TILE_SIDE - tile.width) // 2, top + (TILE_SIDE - tile.height) // 2))
-        draw.text((left + 3, top + TILE_SIDE + 1), caption[:40], fill=CAPTION_COLOUR)
+        left = GUTTER + (position % SHEET_COLUMNS) * cell[0]
+        top = GUTTER + (position // SHEET_COLUMNS) * cell[1]
+        sheet.paste(tile, (left, top))
+        draw.text((left, top + tile.height + 1), caption[:42], fill=CAPTION_COLOUR)
     with atomic_output(out) as temporary:
         sheet.save(temporary, format="PNG")
     return out

@@ -19,8 +19,10 @@ reveals at its end, so a single run works in two phases:
 Refused before anything is written: an OUT that is a file or lies inside the source
 folder (its shards would be read back as images), and a second run while one holds
 OUT's lock (`pipeline.output_folder`). An ingest that ends with no image at all (empty
-folder, every record unreadable) raises. The same source spelt differently (relative or
-absolute, trailing slash) resumes the same work.
+folder, every record unreadable) raises and leaves no trace of its work (no manifest, no
+logs of the records it passed), so the same command run again after fixing the source
+reads every record afresh. The same source spelt differently (relative or absolute,
+trailing slash) resumes the same work.
 
 Job arrays: with `num_shards=N`, job `shard_index=I` writes exactly one shard,
 `part-0000I-of-0000N.parquet`, holding the source records whose position j satisfies
@@ -262,10 +264,15 @@ def _claim(directory: Path, settings: dict[str, Any]) -> None:
 
 
 def _existing_manifest(config: IngestConfig) -> Manifest | None:
-    """The manifest already in OUT, if any; refuses one written with other settings."""
+    """The manifest already in OUT, if any; refuses one written with other settings.
+
+    A manifest of no image at all (which older versions wrote) is not a finished set: it is ignored.
+    """
     if not (config.out / MANIFEST_NAME).is_file():
         return None
     manifest = read_manifest(config.out)
+    if manifest.rows == 0:
+        return None
     if _comparable(manifest.settings) != _comparable(config.settings()):
         raise ValueError(f"{config.out} already holds shards made with other settings; use another --out")
     return manifest
@@ -347,9 +354,32 @@ class ResumeFilter:
         return tuple(notes)
 
 
+class NothingIngested(ValueError):
+    """A finished run found no image it could write."""
+
+
+def _refuse_empty_set(config: IngestConfig, logs: list[PartLog], leftovers: list[Path]) -> None:
+    """Raise when `logs` hold no image, after deleting `leftovers` (the run's logs and empty files).
+
+    Kept, they would mark the set finished (so adding images would read as "the source changed")
+    or mark the unreadable records consumed (so replacing a bad file would not be read again).
+    """
+    if any(log.rows for log in logs):
+        return
+    for path in leftovers:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    counts = Counter(note.reason for log in logs for note in log.skipped)
+    reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items()))
+    raise NothingIngested(f"{config.source}: no image could be ingested" + (f" ({reasons})" if reasons else " (no images found)"))
+
+
 def _finalize(config: IngestConfig, logs: list[PartLog]) -> Manifest:
     """Rename staged parts to their final shard names, then write the manifest; idempotent."""
     staging = config.out / STAGING_DIR
+    _refuse_empty_set(config, logs, [staging, config.out / MANIFEST_NAME])
     written = [index for index, log in enumerate(logs) if log.rows > 0]
     entries = []
     for position, index in enumerate(written):
@@ -403,6 +433,9 @@ def _ingest_single(config: IngestConfig, source: ImageSource) -> IngestSummary:
 def _job_manifest(config: IngestConfig, jobs: Path) -> Manifest:
     names = [shard_name(index, config.num_shards) for index in range(config.num_shards)]
     done = [(name, PartLog.load(jobs / f"{name}.json")) for name in names if (jobs / f"{name}.json").is_file()]
+    if len(done) == config.num_shards:
+        leftovers = [jobs, config.out / MANIFEST_NAME, *(config.out / name for name in names)]
+        _refuse_empty_set(config, [log for _, log in done], leftovers)
     manifest = Manifest(
         kind=IMAGE_KIND,
         settings=config.settings(),
@@ -456,9 +489,4 @@ def ingest(config: IngestConfig) -> IngestSummary:
     ensure_output_folder(config.out)
     job = None if config.num_shards is None else (config.shard_index, config.num_shards)
     with locked_output(config.out, job):
-        summary = _ingest_single(config, source) if job is None else _ingest_job(config, source)
-    if summary.complete and summary.total_rows == 0:
-        counts = Counter(note.reason for note in read_manifest(config.out).skipped)
-        reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items()))
-        raise ValueError(f"{config.source}: no image could be ingested" + (f" ({reasons})" if reasons else " (no images found)"))
-    return summary
+        return _ingest_single(config, source) if job is None else _ingest_job(config, source)

@@ -120,6 +120,11 @@ def list_shards(directory: Path) -> list[Path]:
     """The shards of a complete set, in order; raises when the set is empty or has gaps."""
     files = shard_files(directory)
     if not files:
+        if any(not path.name.startswith(".") for path in Path(directory).iterdir()):
+            raise ValueError(
+                f"{directory}: no shard files (part-NNNNN-of-NNNNN.parquet); for a folder of image files run "
+                f"`segpic ingest {directory} --out SHARDS` first and give SHARDS"
+            )
         raise ValueError(f"{directory}: no shard files (part-NNNNN-of-NNNNN.parquet)")
     missing = missing_shards(directory)
     if missing:

@@ -67,16 +67,19 @@ def command_files(command: Callable) -> set[Path]:
     tree = ast.parse(module_path.read_text(encoding="utf-8"))
     own = [node for node in tree.body if not isinstance(node, (ast.FunctionDef, ast.ClassDef))]
     own += [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == command.__name__]
-    seen = {module_path}
+    seen, expanded = {module_path}, set()
     todo = list(_imported_names(own, _package_of(module_path)))
     while todo:
         imported = todo.pop()
         for name in _with_parents(imported):
             path = _module_file(name) if name.split(".")[0] in PACKAGES else None
-            if path is None or path in seen:
+            if path is None:
                 continue
-            seen.add(path)
-            todo.extend(_imported_names(ast.parse(path.read_text(encoding="utf-8")).body, _package_of(path)))
-            if name == imported and path.name == "__init__.py" and "." in name:
+            if path not in seen:
+                seen.add(path)
+                todo.extend(_imported_names(ast.parse(path.read_text(encoding="utf-8")).body, _package_of(path)))
+            # A package reached first as the parent of `package.name` is still imported by name later.
+            if name == imported and path.name == "__init__.py" and "." in name and name not in expanded:
+                expanded.add(name)
                 todo.extend(_module_name(module) for module in path.parent.rglob("*.py"))
     return {path.relative_to(PROJECT) for path in seen}

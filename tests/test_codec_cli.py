@@ -164,5 +164,5 @@ def test_export_refuses_an_architecture_without_a_published_layout(tmp_path):
 def test_export_of_a_missing_checkpoint_or_onto_itself_is_one_line(tmp_path, checkpoint):
     result = runner.invoke(app, ["export", str(tmp_path / "absent.pt"), "-o", str(tmp_path / "out.pth")])
     assert result.exit_code == 1 and "absent.pt" in result.output and "Traceback" not in result.output
-    result = runner.invoke(app, ["export", str(checkpoint), "-o", str(checkpoint)])
-    assert result.exit_code == 1 and "refusing to overwrite" in result.output
+    result = runner.invoke(app, ["export", str(checkpoint), "-o", str(checkpoint), "--overwrite"])
+    assert result.exit_code == 1 and "refusing to overwrite the checkpoint being exported" in result.output

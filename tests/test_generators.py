@@ -17,6 +17,7 @@ from pipeline.generators.sam_weights import (
     SAM21_WEIGHTS, SAM_WEIGHTS, OfficialWeights, SamWeightsUnavailable, fetch_weights, resolve_checkpoint, weights_sha256,
 )
 from random_sams import photo, tiny_sam
+from sam_checkpoint_files import write_sam_checkpoint
 
 
 def test_registry_names_every_generator():
@@ -127,8 +128,7 @@ def test_download_is_checked_against_the_published_sha256(tmp_path):
 
 def test_sam_settings_name_the_weights_by_content_without_loading_them(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGPIC_CACHE", str(tmp_path / "cache"))
-    checkpoint = tmp_path / "my_sam.pth"
-    checkpoint.write_bytes(b"not loaded until the first image")
+    checkpoint = write_sam_checkpoint(tmp_path / "my_sam.pth", "vit_b")
     generator = build_generator("sam", {"model": "vit_b", "checkpoint": str(checkpoint), "device": "cpu", "batch_size": "3"})
     settings = generator.settings()
     assert settings["weights"] == {"sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
@@ -140,10 +140,11 @@ def test_sam_settings_name_the_weights_by_content_without_loading_them(tmp_path,
 def test_two_checkpoints_with_the_same_name_and_size_give_different_settings_hashes(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGPIC_CACHE", str(tmp_path / "cache"))
     hashes = []
-    for folder, weights in (("a", b"weights-one"), ("b", b"weights-two")):
+    for folder, value in (("a", 0.0), ("b", 1.0)):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / "sam_vit_b.pth").write_bytes(weights)
-        hashes.append(build_generator("sam", {"model": "vit_b", "checkpoint": str(tmp_path / folder / "sam_vit_b.pth")}).settings_hash)
+        checkpoint = write_sam_checkpoint(tmp_path / folder / "sam_vit_b.pth", "vit_b", value)
+        hashes.append(build_generator("sam", {"model": "vit_b", "checkpoint": str(checkpoint)}).settings_hash)
+    assert (tmp_path / "a" / "sam_vit_b.pth").stat().st_size == (tmp_path / "b" / "sam_vit_b.pth").stat().st_size
     assert hashes[0] != hashes[1]
 
 

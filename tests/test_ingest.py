@@ -233,7 +233,7 @@ def test_cli_prints_the_summary_and_turns_bad_sources_into_one_line(tmp_path):
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["rows"] == 2
     result = runner.invoke(app, ["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1
-    assert "not a source" in result.output and "Traceback" not in result.output
+    assert "missing: no such file or folder" in result.output and "Traceback" not in result.output
 
 
 def test_cli_job_array_options_name_the_shard_and_must_come_together(tmp_path):

@@ -148,7 +148,7 @@ def test_disagreeing_aliases_are_rejected(tmp_path):
 def test_files_that_are_not_state_dicts_are_rejected(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file at all")
-    with pytest.raises(ValueError, match="garbage.pth: not a readable torch weights file"):
+    with pytest.raises(ValueError, match="garbage.pth: not a torch checkpoint"):
         official.load_official_checkpoint(garbage)
     listing = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], listing)

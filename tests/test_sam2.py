@@ -24,7 +24,7 @@ FEW_POINTS = {"points_per_side": "3", "pred_iou_thresh": "0", "stability_score_t
 @pytest.fixture(scope="module")
 def tiny_sam21() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_sam21("tiny", None, torch.device("cpu"))
+    return build_sam21("tiny", torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

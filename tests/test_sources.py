@@ -87,8 +87,11 @@ def test_hugging_face_spec_parsing():
 
 
 def test_unknown_source_lists_the_accepted_forms(tmp_path):
-    with pytest.raises(ValueError, match="not a source.*sample"):
+    with pytest.raises(FileNotFoundError, match="nowhere: no such file or folder .*sample"):
         open_source(str(tmp_path / "nowhere"))
+    (tmp_path / "notes.txt").write_text("not images")
+    with pytest.raises(ValueError, match="notes.txt: not a source .*sample"):
+        open_source(str(tmp_path / "notes.txt"))
 
 
 def test_parquet_rows_with_paths_and_no_bytes_read_the_files_beside_them(tmp_path):

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,17 +20,8 @@ from typer.testing import CliRunner
 from model.training.trainer import train
 from pipeline.cli import app
 from test_train import checkpoint_step, shards, tiny  # noqa: F401  (shards: the module-scoped fixture)
+from wrong_use import SEGPIC, snapshot
 
-SEGPIC = str(Path(sys.executable).parent / "segpic")
-
-
-def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file under `folder` with its bytes and modification time."""
-    return {
-        str(path.relative_to(folder)): (path.read_bytes(), path.stat().st_mtime_ns)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def cli(*arguments: str):
@@ -101,7 +91,7 @@ def test_resume_refuses_a_checkpoint_that_is_not_torch_or_holds_pickled_objects(
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(b"this is not a checkpoint")
     result = cli(*tiny_cli(shards[0], tmp_path, "--steps", "1", "--resume"))
-    assert_one_line_error(result, str(checkpoint), "not a readable torch weights file")
+    assert_one_line_error(result, str(checkpoint), "not a torch checkpoint")
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1e-4)}, checkpoint)
     result = cli(*tiny_cli(shards[0], tmp_path, "--steps", "1", "--resume"))
     assert_one_line_error(result, str(checkpoint), "pickled Python object (argparse.Namespace)")

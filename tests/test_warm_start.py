@@ -73,11 +73,13 @@ def test_a_wrong_warm_start_is_one_line_and_leaves_the_run_folder_alone(
 
 
 def test_a_resumed_run_keeps_its_warm_start(sample_image_shards, tmp_path, warm_start):
-    """The warm start is part of the experiment: resuming with another one is refused."""
+    """The warm start is part of the experiment: left out on resume it is kept, another one is refused."""
     out = tmp_path / "run"
     common = ("--images", sample_image_shards, "--out", out, "--preset", "tiny", "--no-progress")
     assert run_cli(*common, "--steps", 1, "--init", warm_start[0]).exit_code == 0
-    assert run_cli(*common, "--steps", 2, "--init", warm_start[0], "--resume").exit_code == 0
-    assert json.loads((out / "metrics.json").read_text())["step"] == 2
-    refused = run_cli(*common, "--steps", 3, "--resume")
-    assert refused.exit_code == 1 and "init" in refused.output
+    assert run_cli(*common, "--steps", 2, "--resume").exit_code == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["init"] == str(warm_start[0])
+    other = tmp_path / "other.pth.tar"
+    other.write_bytes(warm_start[0].read_bytes())
+    refused = run_cli(*common, "--steps", 3, "--init", other, "--resume")
+    assert refused.exit_code == 1 and "init" in refused.output and "cannot resume" in refused.output

@@ -25,7 +25,7 @@ from model.checkpoints import codec_from_checkpoint, trained_lambda
 from model.evaluation.images import EvalImage, collect_images, describe_image_set
 from model.evaluation.measurements import MEASUREMENTS, Codec, Measured
 from model.evaluation.quality import ms_ssim_value, psnr
-from model.official import read_weights_file
+from pipeline.torch_files import read_torch_file
 from pipeline.atomic_files import write_json_atomically
 
 RESULTS_FORMAT = "segpic-eval"
@@ -101,7 +101,7 @@ def evaluate_checkpoint(
     progress: Callable[[str], None],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Measure one checkpoint on every image: (its description, its per-image rows)."""
-    stored = read_weights_file(checkpoint)
+    stored = read_torch_file(checkpoint)
     model = codec_from_checkpoint(stored, str(checkpoint), device=config.device)
     identity = CodecIdentity.of(model)
     codec = Codec(model, identity, config.grid, torch.device(config.device))

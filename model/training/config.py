@@ -4,12 +4,17 @@ Everything a run depends on lives here, so a checkpoint can record it and a resu
 run can refuse a configuration that would silently change the experiment.
 """
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 PARTITION_GRID = "grid"
 PARTITION_MASKS_PREFIX = "masks:"
+CHECKPOINT_NAME = "checkpoint.pt"
+DEFAULT_PRESET = "paper"
+PAPER_LOADER_WORKERS = 4
 
 EXPERIMENT_SETTINGS = (
     "preset", "arch", "N", "M", "lmbda", "crop", "batch_size", "grid", "seed", "val_count", "nproc",
@@ -22,6 +27,20 @@ CHANGEABLE_ON_RESUME = (
     "images", "partition", "val_images", "val_masks",
 )
 """What `--allow-change` may change when resuming; the rest would not fit the saved weights or data order."""
+
+SCHEDULE_SETTINGS = ("steps", "val_every", "checkpoint_every", "log_every")
+"""Recorded in the checkpoint beside the experiment, but free to change on resume (e.g. training on to more steps)."""
+
+DATA_SETTINGS = ("images", "partition", "val_images", "val_masks")
+RECORDED_SETTINGS = (*EXPERIMENT_SETTINGS, *DATA_SETTINGS, "init", *SCHEDULE_SETTINGS)
+"""What a resumed run keeps from its checkpoint unless an option gives another value."""
+
+
+def loader_workers() -> int:
+    """The published 4 loader processes, or one per CPU core this process may use where there are fewer
+    (more processes than cores only contend, and torch warns about it once per loader)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(PAPER_LOADER_WORKERS, cores)
 
 
 @dataclass(frozen=True)
@@ -71,7 +90,7 @@ class TrainConfig:
     plateau_patience: int = 10
     grid: int = 4
     seed: int = 0
-    num_workers: int = 4
+    num_workers: int = field(default_factory=loader_workers)
     decoded_cache_mb: int = 1024
     init: Path | None = None
     """Warm start: the weights of this checkpoint at step 0 (`model.training.warm_start`); see LAMBDA_FIELD."""
@@ -125,7 +144,7 @@ class TrainConfig:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / "checkpoint.pt"
+        return self.out / CHECKPOINT_NAME
 
     @property
     def metrics_path(self) -> Path:
@@ -157,6 +176,10 @@ class TrainConfig:
         record["partition"] = f"{PARTITION_MASKS_PREFIX}{masks.resolve()}" if masks is not None else PARTITION_GRID
         return record
 
+    def schedule(self) -> dict[str, int]:
+        """Length and intervals of the run: recorded so that a resume keeps them, never compared."""
+        return {key: getattr(self, key) for key in SCHEDULE_SETTINGS}
+
 
 LAMBDA_FIELD = "{lmbda}"
 """In `init`, stands for the run's λ, so one setting names a warm start per λ (`tiny-grid-{lmbda}.pth.tar`)."""
@@ -182,16 +205,40 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(preset: str, images: Path, out: Path, **overrides: Any) -> TrainConfig:
-    """Config of a named preset with `overrides` applied (None values mean "keep the preset's")."""
+def _from_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's recorded settings as config values (paths and the partition parsed back)."""
+    values = {key: recorded[key] for key in RECORDED_SETTINGS if key in recorded}
+    for key in ("images", "val_images", "val_masks", "init"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    if "partition" in values:
+        values["partition"] = parse_partition(values["partition"])
+    return values
+
+
+def preset_config(
+    preset: str | None, images: Path | None, out: Path, recorded: Mapping[str, Any] | None = None, **overrides: Any
+) -> TrainConfig:
+    """Config of a named preset with `overrides` applied (None values mean "not given").
+
+    `recorded`: on a resume, the settings the run's checkpoint holds. They win over the
+    preset, so an option the user does not repeat keeps the run's value (a change accepted
+    with --allow-change included) and only what the user gives can differ from the run.
+    """
+    recorded = _from_record(recorded or {})
+    recorded_preset, recorded_images = recorded.pop("preset", None), recorded.pop("images", None)
+    preset = preset or recorded_preset or DEFAULT_PRESET
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    images = images or recorded_images
+    if images is None:
+        raise ValueError("--images is required (a --resume of a run may leave it out to keep the run's)")
     known = {item.name for item in fields(TrainConfig)}
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
     chosen = {key: value for key, value in overrides.items() if value is not None}
-    config = replace(TrainConfig(images=images, out=out), **{**PRESETS[preset], "preset": preset, **chosen})
+    config = replace(TrainConfig(images=images, out=out), **{**PRESETS[preset], **recorded, "preset": preset, **chosen})
     if config.init is not None and LAMBDA_FIELD in str(config.init):
         config = replace(config, init=Path(str(config.init).replace(LAMBDA_FIELD, str(config.lmbda))))
     return config

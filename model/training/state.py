@@ -16,9 +16,10 @@ import torch
 from model.training.config import CHANGEABLE_ON_RESUME
 
 TRAINING_STATE_FORMAT = "segpic-training-state"
-TRAINING_STATE_VERSION = 2
-"""2 records learning rates, plateau settings, data folders and preset in `experiment`, and `changes`."""
-SUPPORTED_STATE_VERSIONS = (1, 2)
+TRAINING_STATE_VERSION = 3
+"""2 records learning rates, plateau settings, data folders and preset in `experiment`, and `changes`;
+3 records the `schedule` (steps and intervals), which a resume keeps unless told otherwise."""
+SUPPORTED_STATE_VERSIONS = (1, 2, 3)
 
 
 @dataclass
@@ -76,6 +77,7 @@ def training_state(
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
     experiment: dict[str, Any],
     changes: list[dict[str, Any]],
+    schedule: dict[str, int],
 ) -> dict[str, Any]:
     """The checkpoint's `training` entry (model weights travel in the codec part)."""
     return {
@@ -88,6 +90,7 @@ def training_state(
         "rng": capture_rng(),
         "experiment": experiment,
         "changes": changes,
+        "schedule": schedule,
     }
 
 

@@ -21,18 +21,17 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm import tqdm
 
 from model.architectures import build_model
-from model.checkpoints import check_format_version, is_our_checkpoint, save_codec, weights_hash
-from model.official import read_weights_file
+from model.checkpoints import save_codec, weights_hash
 from model.training import distributed, speed
 from model.training.config import TrainConfig
 from model.training.dataset import TrainingData, build_training_data, pixels_to_unit
 from model.training.metrics import MetricsLog, Tracker, psnr, read_summary, write_summary
 from model.training.objective import rate_distortion, split_parameters
+from model.training.resume import read_training_checkpoint
 from model.training.rundir import prepare_run_directory
 from model.training.warm_start import check_warm_start, load_warm_start
 from model.training.state import (
     Progress,
-    check_state_format,
     experiment_changes,
     restore_training_state,
     training_state,
@@ -143,19 +142,9 @@ def save_checkpoint(session: Session) -> None:
     config = session.config
     state = training_state(
         session.progress, session.optimizer, session.aux_optimizer, session.scheduler, config.experiment(),
-        session.changes,
+        session.changes, config.schedule(),
     )
     save_codec(config.checkpoint_path, session.model, config.arch, config.model_args, extra={"training": state})
-
-
-def read_training_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint of ours holding a training state of a version this code can resume."""
-    checkpoint = read_weights_file(path)
-    if not is_our_checkpoint(checkpoint):
-        raise ValueError(f"{path}: not a resumable training checkpoint (not written by segpic train)")
-    check_format_version(checkpoint, str(path))
-    check_state_format(checkpoint.get("training"), str(path))
-    return checkpoint
 
 
 def _apply_changes(session: Session, changed: dict[str, tuple[Any, Any]]) -> None:
@@ -187,6 +176,9 @@ def _resume(session: Session) -> None:
     session.progress = restore_training_state(state, session.optimizer, session.aux_optimizer, session.scheduler)
     session.changes = list(state.get("changes", []))
     _apply_changes(session, changed)
+    if session.group.is_main:
+        changes = "".join(f"; {name} {old} -> {new}" for name, (old, new) in changed.items())
+        tqdm.write(f"{session.config.out}: resuming at step {session.progress.step} of {session.config.steps}{changes}", sys.stderr)
 
 
 def open_session(config: TrainConfig, group: distributed.ProcessGroup) -> Session:

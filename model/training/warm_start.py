@@ -14,14 +14,14 @@ from compressai.models import CompressionModel
 
 from model.architectures import architecture_name
 from model.checkpoints import codec_from_checkpoint
-from model.official import read_weights_file
+from pipeline.torch_files import read_torch_file
 from model.training.config import TrainConfig
 
 
 def _trained(config: TrainConfig) -> CompressionModel:
     """The warm-start network, refused (naming both) unless it is the one `config` trains."""
     path = config.init
-    trained = codec_from_checkpoint(read_weights_file(path), str(path))
+    trained = codec_from_checkpoint(read_torch_file(path), str(path))
     found = f"{architecture_name(trained)}(N={trained.N}, M={trained.M})"
     wanted = f"{config.arch}(N={config.N}, M={config.M})"
     if found != wanted:

@@ -16,6 +16,7 @@ app = typer.Typer(
     help="SegPIC: segmentation masks as privileged information for learned image compression.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
 app.command("version")(about.version)
 app.command("train")(train.train)

@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pipeline.atomic_files import refuse_to_replace
 from pipeline.cli.errors import exit_on_user_error
+from pipeline.cli.overwrite import OverwriteOption
 
 if TYPE_CHECKING:
     from model.bitstream import CodingReport
@@ -39,11 +41,13 @@ def compress(
         ),
     ] = False,
     device: DeviceOption = "cpu",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Code IMAGE into a .segpic file and print its rate and coding time."""
     from model.bitstream import CompressConfig, compress_image_file
 
     with exit_on_user_error():
+        refuse_to_replace([output], overwrite)
         report = compress_image_file(
             CompressConfig(image, checkpoint, output, grid, portable=not published_compatible, device=device)
         )
@@ -59,11 +63,13 @@ def decompress(
         typer.Option(min=1, help="Refuse files claiming more pixels than this (protects memory; default 2^25, an 8K frame)."),
     ] = None,
     device: DeviceOption = "cpu",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Decode a .segpic file with the model that wrote it and print its rate and decoding time."""
     from model.bitstream import DecompressConfig, decompress_image_file
 
     with exit_on_user_error():
+        refuse_to_replace([output], overwrite)
         limit = {} if max_pixels is None else {"max_pixels": max_pixels}
         report = decompress_image_file(DecompressConfig(segpic_file, checkpoint, output, device=device, **limit))
     typer.echo(_report(report))
@@ -72,10 +78,12 @@ def decompress(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A SegPIC checkpoint (ours or the published layout).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the published-layout file.")],
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Write CHECKPOINT's weights as the published SegPIC files are laid out."""
     from model.export import export_published_checkpoint
 
     with exit_on_user_error():
+        refuse_to_replace([output], overwrite)
         export_published_checkpoint(checkpoint, output)
     typer.echo(f"{output}: published-layout SegPIC checkpoint written")

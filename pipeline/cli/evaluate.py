@@ -5,7 +5,9 @@ from typing import Annotated
 
 import typer
 
+from pipeline.atomic_files import refuse_to_replace
 from pipeline.cli.errors import exit_on_user_error
+from pipeline.cli.overwrite import OverwriteOption
 
 
 def _stderr(line: str) -> None:
@@ -36,12 +38,14 @@ def eval_command(
             "FOLDER/NAME/checkpoint.pt for each, leaving other run folders out.",
         ),
     ] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Compress and decompress every image with every checkpoint; print the averaged RD points."""
     from model.evaluation.run import EvalConfig, evaluate
     from pipeline.cli.file_values import named_folders, read_names
 
     with exit_on_user_error():
+        refuse_to_replace([out], overwrite)
         if names_from:
             if len(checkpoints) != 1:
                 raise ValueError("--names-from takes one folder of run folders, not several checkpoints")

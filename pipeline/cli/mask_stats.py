@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
+from pipeline.cli.overwrite import OverwriteOption
 
 
 def mask_stats(
@@ -25,6 +26,7 @@ def mask_stats(
             "summarise DIRECTORY/NAME for each, leaving other folders out.",
         ),
     ] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Summarise mask shards: regions per image, share of pixels covered, mean predicted IoU (failed images apart)."""
     from pipeline.cli.file_values import named_folders, read_names
@@ -37,7 +39,10 @@ def mask_stats(
                 raise ValueError("--names-from takes one folder of mask shard folders, not several directories")
             names = read_names(names_from, "--names-from")
             directories, left_out = named_folders(directories[0], names, names_from, "mask shard folder")
-        stats = write_mask_stats(directories, out, images)
+        outputs = write_mask_stats(directories, out, images, overwrite)
     for line in left_out:
         typer.echo(line, err=True)
-    typer.echo(stats_table(stats), nl=False)
+    typer.echo(stats_table(outputs.stats), nl=False)
+    typer.echo(f"wrote {', '.join(map(str, outputs.files()))}")
+    for warning in filter(None, (item.warning() for item in outputs.stats)):
+        typer.echo(warning, err=True)

@@ -15,14 +15,20 @@ def _parse_settings(settings: list[str], generator: str) -> tuple[tuple[str, str
     """`KEY=VALUE` (or `GENERATOR.KEY=VALUE`, kept only when GENERATOR runs) -> pairs.
 
     The scoped form lets one command template (a DVC matrix) carry every generator's
-    settings; the generator's config converts and checks the values it receives.
+    settings; the generator's config converts and checks the values it receives. A scope
+    that names no generator is refused: a misspelt one would otherwise drop its setting
+    without a word.
     """
+    from pipeline.generators import generator_names
+
     pairs = []
     for setting in settings:
         key, equals, value = setting.partition("=")
         scope, dot, name = key.strip().rpartition(".")
         if not equals or not name or (dot and not scope):
             raise ValueError(f"--set expects KEY=VALUE or GENERATOR.KEY=VALUE, got {setting!r}")
+        if dot and scope not in generator_names():
+            raise ValueError(f"--set {setting}: no generator is called {scope!r}; the generators are {', '.join(generator_names())}")
         if not dot or scope == generator:
             pairs.append((name.replace("-", "_"), value.strip()))
     return tuple(pairs)
@@ -51,9 +57,10 @@ def masks(
         typer.Option(
             "--set",
             help="Generator setting KEY=VALUE or GENERATOR.KEY=VALUE (ignored unless GENERATOR runs), repeatable: "
-            "sam.model=vit_b, sam.checkpoint=PATH (empty: official file, downloaded and verified), sam.points_per_side=16 "
-            "and every AMG setting, sam.mode=fast (bf16, fused attention; agreement: benchmarks/bench_masks.py), "
-            "sam.batch_size=4; sam2.model=tiny|small|base_plus|large, sam2.checkpoint=PATH; "
+            "sam.checkpoint=PATH (empty: official file, downloaded and verified), sam.model=vit_b (default: read from "
+            "the checkpoint), sam.points_per_side=16 and every AMG setting, sam.mode=fast (bf16, fused attention; "
+            "agreement: benchmarks/bench_masks.py), sam.batch_size=4; sam2.checkpoint=PATH, "
+            "sam2.model=tiny|small|base_plus|large (default: read from the checkpoint); "
             "sam3.checkpoint=PATH (sam3.pt), sam3.mode=points|concepts, sam3.prompts='person, dog' and every AMG setting; "
             "grid.grid=4; felzenszwalb.scale=400; coco-panoptic.panoptic_dir=DIR; "
             "speck_area, max_regions (all).",
@@ -87,6 +94,7 @@ def masks(
     ] = "",
 ) -> None:
     """Write OUT/part-*.parquet mask shards and OUT/manifest.json; re-running resumes."""
+    from pipeline.mask_summary import summarize_mask_shards
     from pipeline.masks import MasksConfig, make_masks
 
     started = time.perf_counter()
@@ -109,8 +117,12 @@ def masks(
         )
         summary = make_masks(config)
         write_timings(timings, time.perf_counter() - started, summary.images)
-    state = "complete" if summary.complete else "incomplete (other jobs pending)"
+        stats = summarize_mask_shards(out, str(out)) if summary.complete else None
+    state = f"complete, {stats.summary()}" if stats else "incomplete (other jobs pending)"
     typer.echo(
         f"{out}: wrote {len(summary.written)} shard(s), {summary.images} image(s), {summary.failed} failed; "
         f"{len(summary.already_done)} shard(s) already done; set {state}"
     )
+    warning = stats.warning() if stats else None
+    if warning:
+        typer.echo(warning, err=True)

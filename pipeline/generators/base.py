@@ -58,6 +58,15 @@ class MaskGenerator(ABC):
         """Extra settings that are not config fields (e.g. which weights); none by default."""
         return {}
 
+    @classmethod
+    def setting_names(cls) -> tuple[str, ...]:
+        """Every key `build_generator` accepts for this generator: its config's fields, then the label-map rule's.
+
+        Read from the dataclasses themselves, so a setting added to either is listed in the
+        unknown-option message and accepted by `--set` without another table to update.
+        """
+        return (*get_type_hints(cls.Config), *RULE_FIELDS)
+
     @property
     def settings_hash(self) -> str:
         return settings_hash(self.settings())
@@ -123,5 +132,8 @@ def build_generator(name: str, options: Mapping[str, Any] | None = None, **resou
     """
     cls = generator_class(name)
     options = dict(options or {})
+    unknown = sorted(set(options) - set(cls.setting_names()))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for generator {name}; it takes {', '.join(cls.setting_names())}")
     rule_options = {key: options.pop(key) for key in RULE_FIELDS if key in options}
     return cls(config_from_options(cls.Config, options), config_from_options(LabelMapRule, rule_options), **resources)

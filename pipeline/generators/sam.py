@@ -6,8 +6,9 @@ the encoder in bf16 with fused attention and (on a GPU) decodes all prompts of a
 (`compile=true` adds `torch.compile`); its agreement with exact mode is measured by
 `benchmarks/bench_masks.py`. Masks become a partition through the `pipeline.label_maps`
 rule, painted on the device. Weights: `checkpoint=PATH`, or the official file for
-`model` fetched into `cache_dir` and checked against its sha256. Tests and benchmarks
-inject a model (`SamGenerator(config, rule, model=sam)`).
+`model` fetched into `cache_dir` and checked against its sha256; `model` (vit_b, vit_l,
+vit_h) may be left out and is then read from the checkpoint. Tests and benchmarks inject a
+model (`SamGenerator(config, rule, model=sam)`).
 """
 
 import dataclasses
@@ -22,6 +23,7 @@ from segment_anything.modeling import Sam
 
 from pipeline.generators.amg_engine import AmgEngine, AmgSettings
 from pipeline.generators.base import register
+from pipeline.generators.sam_checkpoints import CheckpointContents, load_checked
 from pipeline.generators.sam_family import MODES, CheckpointGenerator, CheckpointSettings
 from pipeline.generators.sam_segmenter import SamSegmenter
 from pipeline.generators.sam_weights import SAM_WEIGHTS
@@ -34,14 +36,14 @@ SAM_MODELS = ("vit_h", "vit_l", "vit_b")
 class SamConfig(AmgSettings, CheckpointSettings):
     """AMG settings, which network, exact or fast arithmetic, and where it runs."""
 
-    model: str = "vit_h"
+    model: str = ""  # vit_b, vit_l or vit_h; empty: read from the checkpoint
     mode: str = "exact"
     compile: bool = False
 
     def __post_init__(self) -> None:
         AmgSettings.__post_init__(self)
         CheckpointSettings.__post_init__(self)
-        if self.model not in SAM_MODELS:
+        if self.model and self.model not in SAM_MODELS:
             raise ValueError(f"unknown SAM model {self.model!r}; choose one of {', '.join(SAM_MODELS)}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
@@ -53,10 +55,9 @@ class SamConfig(AmgSettings, CheckpointSettings):
         return AmgSettings(**{field.name: getattr(self, field.name) for field in dataclasses.fields(AmgSettings)})
 
 
-def load_sam(model_type: str, checkpoint: Path, device: torch.device) -> Sam:
-    """Build the network with segment-anything's builder and load weights safely (weights_only)."""
-    sam = sam_model_registry[model_type]()
-    sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+def load_sam(checkpoint: Path, contents: CheckpointContents, device: torch.device) -> Sam:
+    """Build the network the checkpoint holds with segment-anything's builder and load its weights safely (weights_only)."""
+    sam = load_checked(sam_model_registry[contents.model](), checkpoint, contents)
     return sam.to(device).eval()
 
 
@@ -80,7 +81,7 @@ class SamGenerator(CheckpointGenerator):
             if self.injected is not None:
                 segmenter = SamSegmenter(self.injected, fast=fast, compile_encoder=config.compile, copy_model=True)
             else:
-                sam = load_sam(config.model, self.checkpoint_path(), self.device)
+                sam = load_sam(self.checkpoint_path(), self.contents, self.device)
                 segmenter = SamSegmenter(sam, fast=fast, compile_encoder=config.compile, copy_model=False)
             all_prompts = fast and self.device.type == "cuda"  # on a CPU one call's memory would grow with the grid
             self._engine = AmgEngine(segmenter, config.amg_settings, image_batch=self.batch_size, all_prompts=all_prompts)

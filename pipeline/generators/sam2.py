@@ -9,7 +9,8 @@ needs the optional CUDA extension and silently does nothing without it, so it is
 off and masks do not depend on how the package was built; `min_mask_region_area` still
 applies the stock full-resolution clean-up. Weights: `checkpoint=PATH` (a `{"model":
 state_dict}` file as Meta publishes), or the official file for `model`, downloaded and
-checked against `sha256=HEX` (Meta publishes no sums for SAM 2.1).
+checked against `sha256=HEX` (Meta publishes no sums for SAM 2.1); `model` may be left out
+and is then read from the checkpoint.
 """
 
 from dataclasses import dataclass, fields
@@ -24,6 +25,7 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from pipeline.generators.amg_engine import AmgSettings
 from pipeline.generators.base import register
+from pipeline.generators.sam_checkpoints import CheckpointContents, load_checked
 from pipeline.generators.sam_family import CheckpointGenerator, CheckpointSettings
 from pipeline.generators.sam_weights import SAM21_WEIGHTS
 from pipeline.label_maps import LabelMapRule, MaskResult, RegionMask, masks_to_label_map
@@ -40,7 +42,7 @@ SAM21_CONFIGS = {
 class Sam2Config(AmgSettings, CheckpointSettings):
     """SAM2AutomaticMaskGenerator's settings and defaults (SAM 2.1-L's), plus which network and where."""
 
-    model: str = "large"
+    model: str = ""  # tiny, small, base_plus or large; empty: read from the checkpoint
     pred_iou_thresh: float = 0.8
     use_m2m: bool = False
     multimask_output: bool = True
@@ -48,7 +50,7 @@ class Sam2Config(AmgSettings, CheckpointSettings):
     def __post_init__(self) -> None:
         AmgSettings.__post_init__(self)
         CheckpointSettings.__post_init__(self)
-        if self.model not in SAM21_CONFIGS:
+        if self.model and self.model not in SAM21_CONFIGS:
             raise ValueError(f"unknown SAM 2.1 model {self.model!r}; choose one of {', '.join(SAM21_CONFIGS)}")
 
     def amg_options(self) -> dict:
@@ -56,9 +58,14 @@ class Sam2Config(AmgSettings, CheckpointSettings):
         return {name: getattr(self, name) for name in names}
 
 
-def build_sam21(model: str, checkpoint: Path | None, device: torch.device) -> SAM2Base:
-    """SAM 2.1 from the package's config; random weights when `checkpoint` is None (tests)."""
-    return build_sam2(SAM21_CONFIGS[model], str(checkpoint) if checkpoint else None, device=str(device), apply_postprocessing=False)
+def build_sam21(model: str, device: torch.device) -> SAM2Base:
+    """SAM 2.1 from the package's config, randomly initialised (tests; `load_sam21` fills in a checkpoint)."""
+    return build_sam2(SAM21_CONFIGS[model], None, device=str(device), apply_postprocessing=False)
+
+
+def load_sam21(checkpoint: Path, contents: CheckpointContents, device: torch.device) -> SAM2Base:
+    """The SAM 2.1 network the checkpoint holds, with its weights (one line, not pages of keys, when they do not fit)."""
+    return load_checked(build_sam21(contents.model, device), checkpoint, contents).eval()
 
 
 @register
@@ -77,7 +84,7 @@ class Sam2Generator(CheckpointGenerator):
     def amg(self) -> SAM2AutomaticMaskGenerator:
         """Built on first use, so a driver that only needs `settings_hash` never holds the network."""
         if self._amg is None:
-            network = self.injected or build_sam21(self.config.model, self.checkpoint_path(), self.device)
+            network = self.injected or load_sam21(self.checkpoint_path(), self.contents, self.device)
             amg = SAM2AutomaticMaskGenerator(network, **self.config.amg_options())
             amg.predictor = SAM2ImagePredictor(network)  # no low-res hole filling: it needs the CUDA extension
             self._amg = amg

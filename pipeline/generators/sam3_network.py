@@ -12,15 +12,14 @@ The `sam3` 0.1.4 wheel needs two things that this module supplies without editin
   MIT licence), or from a path the user gives.
 
 Weights come from a user-supplied `sam3.pt` (the dense detector + tracker checkpoint of the
-gated `facebook/sam3` release, fetched with `hf download` as the README shows); the generator
-downloads nothing unless `sha256=` asks for the official file. `check_checkpoint` compares the file's
+gated `facebook/sam3` release, fetched with `hf download` as the README shows, or found in the
+cache folder); the generator never downloads it. `check_checkpoint` compares the file's
 parameter names and shapes with the architecture's, built on the meta device (no memory,
 about a second), so a wrong or truncated file fails before any image is processed.
 """
 
 import gzip
 import importlib.util
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from pipeline.generators.sam_checkpoints import read_state_dict
 from pipeline.generators.sam_weights import OfficialWeights, WeightsFamily
 
 VOCABULARY_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -36,8 +36,12 @@ TRACKER_PREFIX = "tracker."
 INTERACTIVE_PREFIX = "inst_interactive_predictor.model."
 # Gated: the Hugging Face account must accept Meta's SAM License first; Meta publishes no sha256.
 SAM3_WEIGHTS = WeightsFamily("SAM 3", "sam3", {
-    "sam3": OfficialWeights("sam3.pt", "https://huggingface.co/facebook/sam3/resolve/main/sam3.pt", None),
-})
+    "sam3": OfficialWeights(
+        "sam3.pt", "https://huggingface.co/facebook/sam3/resolve/main/sam3.pt", None,
+        gated="the file is gated: accept Meta's SAM License on huggingface.co/facebook/sam3, then "
+        "`hf auth login` and `hf download facebook/sam3 sam3.pt --local-dir {folder}`",
+    ),
+}, default="sam3")
 
 
 class DeviceRedirect(TorchFunctionMode):
@@ -109,19 +113,8 @@ def build_sam3(vocabulary: Path, device: torch.device) -> torch.nn.Module:
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A `sam3.pt` file's tensors (memory-mapped), renamed to the image model's parameter names."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"SAM 3 checkpoint {path} holds objects other than tensors (loaded with weights_only)") from error
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__  # torch's can run to pages
-        raise ValueError(f"SAM 3 checkpoint {path} is not a readable torch file ({reason})") from error
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"SAM 3 checkpoint {path} holds no state dict")
     renamed = {}
-    for name, tensor in state.items():
+    for name, tensor in read_state_dict(path).items():
         if name.startswith(DETECTOR_PREFIX):
             renamed[name[len(DETECTOR_PREFIX):]] = tensor
         elif name.startswith(TRACKER_PREFIX):

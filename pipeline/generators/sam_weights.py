@@ -1,10 +1,12 @@
 """Checkpoints of the SAM family: where official ones come from, getting one verified, and naming one by content.
 
 A user-supplied checkpoint path is used as given. Otherwise the official file for the
-model is looked up in a cache folder and, when absent, downloaded from Meta's URL and
-checked against its sha256 before it is moved into place; with no network the error
-names the file expected and the URL to fetch it from. Meta publishes sha256 sums for
-SAM 1 only; for SAM 2.1 the user passes the sum to check against (`sha256=`).
+model (the family's default size when `model` is left to the file) is looked up in a cache
+folder and, when absent, downloaded from Meta's URL and checked against its sha256 before
+it is moved into place; with no network the error names the file expected and the URL to
+fetch it from. Meta publishes sha256 sums for SAM 1 only; for SAM 2.1 the user passes the
+sum to check against (`sha256=`). A gated file (SAM 3's needs an account that accepted
+Meta's licence) is never downloaded here: the error says how to fetch it.
 
 Mask settings name weights by their sha256 (`weights_sha256`), never by file name and
 size. Hashing a 2.5 GB file takes seconds, so sums are remembered in
@@ -41,6 +43,7 @@ class OfficialWeights:
     file_name: str
     url: str
     sha256: str | None
+    gated: str = ""  # how to fetch a file that needs an account ({folder}: the cache folder); empty: downloadable
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class WeightsFamily:
     title: str
     folder: str
     weights: dict[str, OfficialWeights]
+    default: str  # the model fetched when neither a checkpoint nor a model is given
+
+    def cache_dir(self, cache_dir: str) -> Path:
+        """The folder official files are kept in: the `cache_dir` setting, else the family's folder in the cache root."""
+        return Path(cache_dir) if cache_dir else cache_root() / self.folder
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -66,12 +74,12 @@ SAM_WEIGHTS = WeightsFamily("SAM", "sam", {
         "sam_vit_b_01ec64.pth", _SAM_URL + "sam_vit_b_01ec64.pth",
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
     ),
-})
+}, default="vit_h")
 _SAM21_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 SAM21_WEIGHTS = WeightsFamily("SAM 2.1", "sam2", {
     name: OfficialWeights(f"sam2.1_hiera_{name}.pt", f"{_SAM21_URL}sam2.1_hiera_{name}.pt", None)
     for name in ("tiny", "small", "base_plus", "large")
-})
+}, default="large")
 
 
 def weights_sha256(path: Path) -> str:
@@ -99,6 +107,8 @@ def weights_sha256(path: Path) -> str:
 
 def fetch_weights(weights: OfficialWeights, cache_dir: Path, sha256: str = "") -> Path:
     """`cache_dir/<file_name>`, downloading it first when absent; checked against the published (or given) sha256."""
+    if weights.gated:
+        return _cached_gated(weights, Path(cache_dir), sha256)
     expected = sha256 or weights.sha256
     if not expected:
         raise ValueError(
@@ -124,15 +134,31 @@ def fetch_weights(weights: OfficialWeights, cache_dir: Path, sha256: str = "") -
     return target
 
 
+def _matching(path: Path, sha256: str) -> Path:
+    """`path`, refused when `sha256` is given and the file's differs."""
+    if sha256 and weights_sha256(path) != sha256:
+        raise ValueError(f"{path}: sha256 does not match the expected {sha256}")
+    return path
+
+
+def _cached_gated(weights: OfficialWeights, cache_dir: Path, sha256: str) -> Path:
+    """A gated file from the cache folder (checked against `sha256` when given); never downloaded."""
+    target = cache_dir / weights.file_name
+    if not target.is_file():
+        raise SamWeightsUnavailable(
+            f"no checkpoint: expected {target} (or pass checkpoint=PATH); {weights.gated.format(folder=cache_dir)}"
+        )
+    return _matching(target, sha256)
+
+
 def resolve_checkpoint(family: WeightsFamily, model: str, checkpoint: str, cache_dir: str, sha256: str = "") -> Path:
-    """The checkpoint to load: the user's file if given, else the verified official one."""
+    """The checkpoint to load: the user's file if given, else the verified official one (`model` empty: the default)."""
     if checkpoint:
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"{family.title} checkpoint {path} does not exist")
-        if sha256 and weights_sha256(path) != sha256:
-            raise ValueError(f"{path}: sha256 does not match the expected {sha256}")
-        return path
+        return _matching(path, sha256)
+    model = model or family.default
     if model not in family.weights:
         raise ValueError(f"unknown {family.title} model {model!r}; choose one of {', '.join(family.weights)}")
-    return fetch_weights(family.weights[model], Path(cache_dir) if cache_dir else cache_root() / family.folder, sha256)
+    return fetch_weights(family.weights[model], family.cache_dir(cache_dir), sha256)

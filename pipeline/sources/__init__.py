@@ -18,9 +18,10 @@ def open_source(spec: str) -> ImageSource:
     for kind in SOURCES:
         if kind.accepts(spec):
             return kind(spec)
-    raise ValueError(
-        f"{spec}: not a source (expected `sample`, `sample-eval`, `hf:NAME[:SPLIT]`, a Parquet file/folder or an image folder)"
-    )
+    forms = "`sample`, `sample-eval`, `hf:NAME[:SPLIT]`, a Parquet file/folder or an image folder"
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"{spec}: no such file or folder (a source is {forms})")
+    raise ValueError(f"{spec}: not a source (expected {forms})")
 
 
 def canonical_spec(spec: str) -> str:
