@@ -40,11 +40,11 @@ STUDY_LAMBDAS = $$($(VENV)/bin/python -c 'import yaml; print(*yaml.safe_load(ope
 warm-start: setup
 	$(VENV)/bin/segpic ingest sample --out $(WARM_START_WORK)/images
 	lambdas="$(STUDY_LAMBDAS)" && highest=$$(printf '%s\n' $$lambdas | sort -g | tail -n 1) && \
-	$(WARM_START_TRAIN) --lmbda $$highest --steps 8000 --out $(WARM_START_WORK)/base && \
+	$(WARM_START_TRAIN) --lmbda $$highest --steps 6000 --out $(WARM_START_WORK)/base && \
 	for lmbda in $$lambdas; do \
-		$(WARM_START_TRAIN) --lmbda $$lmbda --steps 2000 --init $(WARM_START_WORK)/base/checkpoint.pt \
+		$(WARM_START_TRAIN) --lmbda $$lmbda --steps 1500 --init $(WARM_START_WORK)/base/checkpoint.pt \
 			--out $(WARM_START_WORK)/$$lmbda && \
-		$(VENV)/bin/segpic export $(WARM_START_WORK)/$$lmbda/checkpoint.pt -o data/warm_start/tiny-grid-$$lmbda.pth.tar \
+		$(VENV)/bin/segpic export $(WARM_START_WORK)/$$lmbda/checkpoint.pt -o data/warm_start/tiny-grid-$$lmbda.pth.tar --overwrite \
 			|| exit 1; \
 	done
 
