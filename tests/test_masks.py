@@ -83,7 +83,7 @@ def test_datasets_decodes_mask_shards(sample_image_shards, tmp_path):
 def test_a_run_killed_mid_way_resumes_to_the_same_shards(sample_image_shards, tmp_path, monkeypatch):
     make_masks(grid_config(sample_image_shards, tmp_path / "reference"))
     calls = {"count": 0}
-    original = GridGenerator.generate
+    original = GridGenerator.regions
 
     def dies_on_the_sixth_image(self, image, image_id):
         calls["count"] += 1
@@ -91,14 +91,14 @@ def test_a_run_killed_mid_way_resumes_to_the_same_shards(sample_image_shards, tm
             raise KeyboardInterrupt  # the process is stopped mid-shard
         return original(self, image, image_id)
 
-    monkeypatch.setattr(GridGenerator, "generate", dies_on_the_sixth_image)
+    monkeypatch.setattr(GridGenerator, "regions", dies_on_the_sixth_image)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         make_masks(grid_config(sample_image_shards, out))
     finished = sorted(path.name for path in out.glob("*.parquet"))
     assert 0 < len(finished) < 3 and not list(out.glob("*.incomplete"))
     (out / "part-00002-of-00003.parquet.incomplete").write_bytes(b"left by a SIGKILL")
-    monkeypatch.setattr(GridGenerator, "generate", original)
+    monkeypatch.setattr(GridGenerator, "regions", original)
     summary = make_masks(grid_config(sample_image_shards, out))
     assert summary.already_done == finished
     assert shard_bytes(out) == shard_bytes(tmp_path / "reference")
@@ -121,14 +121,14 @@ def test_job_array_jobs_write_disjoint_shards_and_the_last_completes_the_set(sam
 
 
 def test_a_failing_image_keeps_its_row_and_is_listed_in_the_manifest(sample_image_shards, tmp_path, monkeypatch):
-    original = GridGenerator.generate
+    original = GridGenerator.regions
 
     def fails_on_coffee(self, image, image_id):
         if image_id.startswith("coffee"):
             raise RuntimeError("model crashed")
         return original(self, image, image_id)
 
-    monkeypatch.setattr(GridGenerator, "generate", fails_on_coffee)
+    monkeypatch.setattr(GridGenerator, "regions", fails_on_coffee)
     summary = make_masks(grid_config(sample_image_shards, tmp_path))
     assert summary.failed == 1 and summary.complete
     rows = [row for rows in mask_tables(tmp_path).values() for row in rows]

@@ -13,10 +13,10 @@ from pipeline.cli import app
 from pipeline.generators import build_generator
 from pipeline.generators.sam2 import build_sam21
 from pipeline.ingest import IngestConfig, ingest
-from pipeline.label_maps import RegionMask, masks_to_label_map
+from pipeline.label_maps import label_map_from_raw
 from pipeline.manifest import read_manifest
 from pipeline.shards import list_shards
-from random_sams import photo
+from random_sams import photo, records_as_raw_masks
 
 FEW_POINTS = {"points_per_side": "3", "pred_iou_thresh": "0", "stability_score_thresh": "0"}
 
@@ -40,8 +40,7 @@ def test_sam2_label_maps_apply_the_project_rule_to_the_official_generators_masks
     generator = build_generator("sam2", {**FEW_POINTS, "model": "tiny"}, model=tiny_sam21)
     result = generator.generate(image, "chelsea.png")
     records = SAM2AutomaticMaskGenerator(tiny_sam21, points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0).generate(image)
-    masks = [RegionMask.from_full(record["segmentation"], record["predicted_iou"]) for record in records]
-    expected = masks_to_label_map(masks, *image.shape[:2], generator.rule)
+    expected = label_map_from_raw(records_as_raw_masks(records, *image.shape[:2]), generator.rule)
     assert len(records) > 0 and np.array_equal(result.label_map, expected.label_map)
     assert result.stats == expected.stats
 

@@ -22,11 +22,12 @@ from pipeline.generators import build_generator
 from pipeline.generators.sam3_network import DeviceRedirect, build_sam3, check_checkpoint, clip_vocabulary
 from pipeline.generators.sam3_segmenter import Sam3Segmenter
 from pipeline.ingest import IngestConfig, ingest
-from pipeline.label_maps import LabelMapRule, RegionMask, masks_to_label_map
+from pipeline.label_maps import LabelMapRule, label_map_from_raw
+from pipeline.raw_mask_format import dense_raw_masks
 from pipeline.mask_labelling import decode_rgb
 from pipeline.shards import list_shards, read_rows
 from random_sam3 import save_as_sam3_checkpoint, small_sam3_builder
-from random_sams import photo
+from random_sams import photo, records_as_raw_masks
 
 RULE = LabelMapRule(speck_area=4, max_regions=64)
 # Random weights predict IoUs near 0.5: the thresholds keep some candidates and drop others.
@@ -126,8 +127,7 @@ def reference_label_map(model: torch.nn.Module, image: np.ndarray, settings: dic
         patch.setattr(stock_amg, "SamPredictor", PredictInstPredictor)
         records = stock_amg.SamAutomaticMaskGenerator(model, **settings).generate(image)
     assert records, "the reference found no mask: the test would compare empty maps"
-    masks = [RegionMask.from_full(record["segmentation"], record["predicted_iou"]) for record in records]
-    return masks_to_label_map(masks, *image.shape[:2], RULE).label_map
+    return label_map_from_raw(records_as_raw_masks(records, *image.shape[:2]), RULE).label_map
 
 
 def test_points_mode_through_segpic_masks_equals_stock_amg_over_predict_inst(sam3, image_shards, tmp_path, one_torch_thread):
@@ -180,7 +180,9 @@ def test_concept_instances_ranked_by_score_make_the_label_map(sam3, one_torch_th
             instances += [(float(score), mask[0].numpy()) for score, mask in zip(found["scores"], found["masks"])]
     assert instances, "no instance above the threshold: lower it for these random weights"
     ranked = sorted(instances, key=lambda instance: -instance[0])  # stable: prompt order breaks ties
-    expected = masks_to_label_map([RegionMask.from_full(mask, score) for score, mask in ranked], *image.shape[:2], RULE)
+    expected = label_map_from_raw(
+        dense_raw_masks(np.stack([mask for _, mask in ranked]), scores=[score for score, _ in ranked]), RULE
+    )
     np.testing.assert_array_equal(ours.label_map, expected.label_map)
     assert ours.stats.mean_iou == pytest.approx(np.mean([score for score, _ in instances]))
 
