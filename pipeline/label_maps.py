@@ -112,6 +112,13 @@ class LabelMapRule:
 RULE_FIELDS = tuple(field.name for field in dataclasses.fields(LabelMapRule))
 
 
+def split_rule_settings(options: Sequence[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the generator's own settings, the rule's) of a settings block that holds both, as params.yaml's do."""
+    network = {key: value for key, value in options if key not in RULE_FIELDS}
+    rule = {key: value for key, value in options if key in RULE_FIELDS}
+    return network, rule
+
+
 @dataclass(frozen=True)
 class LabelMapStats:
     """Per-image statistics stored beside each label map (NaN where not applicable)."""

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.generators import MaskGenerator, build_generator, generator_class
+from pipeline.label_maps import RULE_FIELDS
 from pipeline.manifest import reproducible
 from pipeline.shard_outputs import LabelMapOutput, Outcome, Output, RawMaskOutput
 from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, read_rows
@@ -58,6 +59,11 @@ class MasksConfig:
             raise ValueError("give --out (label maps), --raw (raw masks) or both")
         if self.raw is not None and self.keep_raw is False:
             raise ValueError("--raw and --no-raw contradict each other")
+        if self.out is None and (rule_keys := [key for key, _ in self.options if key in RULE_FIELDS]):
+            raise ValueError(
+                f"{', '.join(rule_keys)}: label-map rule settings, but this run makes raw masks only (no --out); "
+                "give them to `segpic repaint`"
+            )
         if (self.shard_index is None) != (self.num_shards is None):
             raise ValueError("give --shard-index and --num-shards together")
         if self.num_shards is not None and not 0 <= self.shard_index < self.num_shards:
@@ -122,6 +128,7 @@ class MasksSummary:
     images: int = 0
     failed: int = 0
     complete: bool = False
+    raw: Path | None = None  # where raw masks went, if kept
 
 
 class LabelMapTooLarge(MemoryError):

@@ -204,5 +204,6 @@ def make_masks(config: MasksConfig) -> MasksSummary:
         summary = _summary(plan, done, reports)
         manifests = [refresh_manifest(output, list(checksums)) for output in outputs]
     summary.complete = all(manifest.complete for manifest in manifests)
+    summary.raw = config.raw_folder(generator)
     refuse_empty_result(summary, manifests[0], outputs[0].folder)
     return summary

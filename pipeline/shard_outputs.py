@@ -150,15 +150,6 @@ class RawMaskOutput:
         return settings_hash(self.settings)
 
 
-def raw_outcome(row: dict[str, Any], where: Path) -> Outcome:
-    """A raw shard row (of `where`) back as the outcome it was written from."""
-    if row["failure"] is not None:
-        return row["failure"]
-    if row["masks"] and [row["height"], row["width"]] != list(row["masks"][0]["segmentation"]["size"]):
-        raise ValueError(f"{where}: record {row['id']!r}: masks of another size than its {row['width']}x{row['height']} image")
-    return RawMasks.from_rows(row["height"], row["width"], row["masks"], f"{where}: record {row['id']!r}")
-
-
 Output = LabelMapOutput | RawMaskOutput
 
 Plan = list[tuple[Path, list[Output]]]

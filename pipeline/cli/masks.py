@@ -1,4 +1,4 @@
-"""`segpic masks`: label maps for every image of an image shard directory, as aligned mask shards."""
+"""`segpic masks`: label maps and/or raw masks for every image of an image shard directory, as aligned shards."""
 
 import time
 from pathlib import Path
@@ -58,7 +58,7 @@ def _file_settings(reference: str) -> tuple[tuple[str, Any], ...]:
 
 def masks(
     images: Annotated[Path, typer.Argument(help="Image shard directory (segpic ingest).")],
-    out: Annotated[Path, typer.Option(help="Mask shard directory to write (same shard names and row order).")],
+    out: Annotated[Path | None, typer.Option(help="Mask shard directory to write (same shard names and row order).")] = None,
     generator: Annotated[str, typer.Option(help="sam, sam2, sam3, felzenszwalb, grid or coco-panoptic.")] = "felzenszwalb",
     setting: Annotated[
         list[str] | None,
@@ -99,13 +99,23 @@ def masks(
     devices: Annotated[
         str, typer.Option(help="Local engine: comma-separated devices, one worker process each (cuda:0,cuda:1); sam/sam2 only.")
     ] = "",
+    raw: Annotated[
+        Path | None,
+        typer.Option(help="Raw mask shard directory (COCO RLE, for segpic repaint/export-masks); without --out, only these.")
+    ] = None,
+    keep_raw: Annotated[
+        bool | None,
+        typer.Option("--keep-raw/--no-raw", help="Keep raw masks beside OUT as OUT-raw (default: for sam, sam2, sam3).")
+    ] = None,
 ) -> None:
-    """Write OUT/part-*.parquet mask shards and OUT/manifest.json; re-running resumes."""
+    """Write OUT/part-*.parquet mask shards and OUT/manifest.json (and raw masks); re-running resumes."""
     from pipeline.masks import MasksConfig, make_masks
 
     started = time.perf_counter()
     with exit_on_user_error():
-        check_outside(timings, out)
+        for folder in (out, raw):
+            if folder is not None:
+                check_outside(timings, folder)
         options = (_file_settings(settings) if settings else ()) + _parse_settings(setting or [], generator)
         config = MasksConfig(
             images=images,
@@ -120,11 +130,14 @@ def masks(
             **({} if max_label_map_bytes is None else {"max_label_map_bytes": max_label_map_bytes}),
             progress=progress,
             devices=tuple(device.strip() for device in devices.split(",")) if devices else (),
+            raw=raw,
+            keep_raw=keep_raw,
         )
         summary = make_masks(config)
         write_timings(timings, time.perf_counter() - started, summary.images)
     state = "complete" if summary.complete else "incomplete (other jobs pending)"
+    kept = f"; raw masks in {summary.raw}" if summary.raw is not None and out is not None else ""
     typer.echo(
-        f"{out}: wrote {len(summary.written)} shard(s), {summary.images} image(s), {summary.failed} failed; "
-        f"{len(summary.already_done)} shard(s) already done; set {state}"
+        f"{out or summary.raw}: wrote {len(summary.written)} shard(s), {summary.images} image(s), {summary.failed} failed; "
+        f"{len(summary.already_done)} shard(s) already done; set {state}{kept}"
     )

@@ -1,0 +1,45 @@
+"""A finished raw-mask set as its readers take it (`segpic repaint`, `segpic export-masks`).
+
+A raw set is read only when it is complete and its manifest lists exactly its files; the
+shards a command is about to read are checked against the manifest's sha256 first, so a
+damaged or truncated shard stops the command with one line before it writes anything.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.manifest import MANIFEST_NAME, Manifest, ShardEntry, file_sha256, read_manifest
+from pipeline.raw_mask_format import RawMasks
+from pipeline.shard_outputs import Outcome
+from pipeline.shards import RAW_KIND, list_shards
+
+
+def read_raw_set(raw: Path) -> tuple[Manifest, dict[str, ShardEntry]]:
+    """The raw set's manifest and its shard entries by name, refusing anything but a complete raw-mask set."""
+    try:
+        manifest = read_manifest(raw)
+    except FileNotFoundError as error:
+        raise ValueError(f"{raw}: no {MANIFEST_NAME}; give the raw mask folder written by `segpic masks` (--raw)") from error
+    if manifest.kind != RAW_KIND:
+        raise ValueError(f"{raw} holds {manifest.kind} shards, not raw masks; give the raw mask folder written by `segpic masks`")
+    if not manifest.complete:
+        raise ValueError(f"{raw}: the raw mask set is incomplete (masks jobs pending)")
+    entries = {entry.name: entry for entry in manifest.shards}
+    if sorted(entries) != [path.name for path in list_shards(raw)]:
+        raise ValueError(f"{raw}/{MANIFEST_NAME} does not list exactly the shard files present; run `segpic verify`")
+    return manifest, entries
+
+
+def check_checksums(raw: Path, entries: list[ShardEntry]) -> None:
+    """Refuse raw shards whose bytes are not the ones the manifest lists (damaged, truncated or replaced)."""
+    for entry in entries:
+        path = raw / entry.name
+        if path.stat().st_size != entry.bytes or file_sha256(path) != entry.sha256:
+            raise ValueError(f"{path}: size or sha256 differs from {raw / MANIFEST_NAME} (damaged or replaced); run `segpic verify`")
+
+
+def raw_outcome(row: dict[str, Any], where: Path) -> Outcome:
+    """A raw shard row (of `where`) back as the outcome it was written from."""
+    if row["failure"] is not None:
+        return row["failure"]
+    return RawMasks.from_rows(row["height"], row["width"], row["masks"], f"{where}: record {row['id']!r}")
