@@ -172,14 +172,16 @@ def _summary(plan: Plan, done: list[str], reports: list[ShardReport]) -> MasksSu
     )
 
 
-def make_masks(config: MasksConfig) -> MasksSummary:
+def make_masks(config: MasksConfig, generator: MaskGenerator | None = None) -> MasksSummary:
     """Run the masks stage with the configured engine; see the module docstring.
 
     Everything that can be checked is checked before anything is written: the settings,
     the image set, the output folders (not the images, not each other, not another kind or
-    image set), their locks, and the generator itself (started once here).
+    image set), their locks, and the generator itself (started once here). Tests and
+    benchmarks may pass a `generator` they built (e.g. around a network of their own) for
+    the local engine on one device.
     """
-    generator = config.build_generator()
+    generator = generator or config.build_generator()
     checksums = image_shard_checksums(config.images)
     outputs = config.outputs(generator)
     for output in outputs:

@@ -154,11 +154,12 @@ def rles_from_masks(masks: "np.ndarray | torch.Tensor") -> list[dict[str, Any]]:
         host = masks if isinstance(masks, np.ndarray) else masks.numpy()
         column_major = np.ascontiguousarray(host.astype(bool, copy=False).transpose(0, 2, 1)).view(np.uint8).transpose(2, 1, 0)
         return coco_mask.encode(column_major)
-    return [_rle_from_runs(runs, height, width) for runs in _mask_runs(masks)]
+    return [rle_from_runs(runs, height, width) for runs in mask_runs(masks)]
 
 
-def _mask_runs(masks: "torch.Tensor") -> list[np.ndarray]:
-    """Each mask's uncompressed COCO counts (column-major runs, zeros first), found on the masks' device."""
+def mask_runs(masks: "torch.Tensor") -> list[np.ndarray]:
+    """Each mask's uncompressed COCO counts (column-major runs, zeros first), found on the masks' device (a GPU's, for
+    `rles_from_masks`; any device gives the same runs)."""
     count, height, width = masks.shape
     flat = masks.transpose(1, 2).reshape(count, height * width)
     changes = (flat[:, 1:] != flat[:, :-1]).nonzero().cpu().numpy()
@@ -171,7 +172,8 @@ def _mask_runs(masks: "torch.Tensor") -> list[np.ndarray]:
     return runs
 
 
-def _rle_from_runs(runs: np.ndarray, height: int, width: int) -> dict[str, Any]:
+def rle_from_runs(runs: np.ndarray, height: int, width: int) -> dict[str, Any]:
+    """Uncompressed COCO counts -> pycocotools' compressed RLE dict."""
     return coco_mask.frPyObjects({"size": [height, width], "counts": runs.tolist()}, height, width)
 
 
@@ -189,7 +191,7 @@ def rles_from_partition(label_map: np.ndarray) -> tuple[np.ndarray, list[dict[st
         gaps = region_starts - np.concatenate([[0], region_starts[:-1] + region_lengths[:-1]])
         runs = np.stack([gaps, region_lengths], axis=1).ravel()
         tail = flat.size - (region_starts[-1] + region_lengths[-1])
-        rles.append(_rle_from_runs(np.concatenate([runs, [tail]]) if tail else runs, height, width))
+        rles.append(rle_from_runs(np.concatenate([runs, [tail]]) if tail else runs, height, width))
     return ids, rles
 
 
