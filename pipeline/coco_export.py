@@ -66,7 +66,7 @@ def coco_dataset(raw: Path, entries: list[ShardEntry], settings: dict[str, Any])
         for row in read_rows(raw / entry.name):
             image_id = len(images) + 1
             images.append({"id": image_id, "file_name": row["id"], "width": row["width"], "height": row["height"]})
-            annotations += [_annotation(len(annotations) + 1, image_id, mask) for mask in row["masks"]]
+            annotations += [_annotation(number, image_id, mask) for number, mask in enumerate(row["masks"], start=len(annotations) + 1)]
     info = {"description": f"segpic raw masks of {raw}", "shards": [entry.name for entry in entries], "settings": settings}
     return {"info": info, "images": images, "annotations": annotations, "categories": [CATEGORY]}
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.label_map_format import decode_label_map
 from pipeline.cli import app
-from pipeline.generators.grid import GridGenerator
+from pipeline.generators.grid import GridConfig, GridGenerator
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.manifest import Manifest, read_manifest, shard_entry, write_manifest
 from pipeline.masks import MasksConfig, make_masks
@@ -296,3 +296,31 @@ def test_an_image_whose_label_map_would_not_fit_is_recorded_as_failed(sample_ima
     assert failed["motorcycle_left.png"] == f"LabelMapTooLarge: 741x500 needs a 2964000-byte label map, over the {limit}-byte limit"
     assert decode_label_map(rows["hubble_deep_field.jpg"]["mask"]["bytes"], "test").shape == (872, 1000)
     assert rows["rocket.jpg"]["num_regions"] == 16  # the grid generator's default 4x4 cells
+
+
+class RawKeepingGrid(GridGenerator):
+    """`grid` with the SAM family's default of keeping raw masks."""
+
+    keeps_raw_masks = True
+
+
+def test_a_generator_that_keeps_raw_masks_writes_them_beside_out_unless_told_not_to(sample_image_shards, tmp_path):
+    generator = RawKeepingGrid(GridConfig(grid=3))
+    summary = make_masks(grid_config(sample_image_shards, tmp_path / "labels"), generator)
+    assert summary.raw == tmp_path / "labels-raw" and read_manifest(summary.raw).kind == "raw-masks"
+    assert [path.name for path in list_shards(summary.raw)] == [path.name for path in list_shards(sample_image_shards)]
+    assert make_masks(grid_config(sample_image_shards, tmp_path / "plain", keep_raw=False), generator).raw is None
+    assert make_masks(grid_config(sample_image_shards, tmp_path / "grid")).raw is None  # grid keeps none by default
+    assert not (tmp_path / "plain-raw").exists() and not (tmp_path / "grid-raw").exists()
+    args = ["masks", str(sample_image_shards), "--out", str(tmp_path / "kept"), "--generator", "grid", "--keep-raw", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and result.output.strip().endswith(f"raw masks in {tmp_path / 'kept-raw'}"), result.output
+
+
+def test_raw_masks_added_to_a_finished_set_leave_its_label_maps_as_they_were(sample_image_shards, tmp_path):
+    make_masks(grid_config(sample_image_shards, tmp_path / "labels"))
+    before = snapshot(tmp_path / "labels")
+    summary = make_masks(grid_config(sample_image_shards, tmp_path / "labels", raw=tmp_path / "raw"))
+    assert len(summary.written) == 3 and snapshot(tmp_path / "labels") == before
+    assert make_masks(grid_config(sample_image_shards, tmp_path / "labels", raw=tmp_path / "raw")).already_done == summary.written
+    assert verify(VerifyConfig(images=sample_image_shards, masks=tmp_path / "labels", raw=tmp_path / "raw")).ok

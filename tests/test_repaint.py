@@ -47,7 +47,7 @@ def sam_masks(images, out, rule: dict):
 
 
 @pytest.fixture(scope="module")
-def sam_run(two_shards, tmp_path_factory):
+def sam_run(two_shards, tmp_path_factory, one_torch_thread):
     """The small SAM's label maps (by RULE) and raw masks of the two photos."""
     out = tmp_path_factory.mktemp("sam") / "labels"
     summary = sam_masks(two_shards, out, RULE)
@@ -55,7 +55,7 @@ def sam_run(two_shards, tmp_path_factory):
     return out, summary.raw
 
 
-def test_sam_raw_masks_overlap_and_repaint_writes_segpic_masks_label_maps(two_shards, sam_run, tmp_path, one_torch_thread):
+def test_sam_raw_masks_overlap_and_repaint_writes_segpic_masks_label_maps(two_shards, sam_run, tmp_path):
     labels, raw = sam_run
     assert overlapping_images(raw) == [True, True]
     assert_repaint_writes_what_masks_wrote(two_shards, labels, raw, RULE, tmp_path / "repainted")

@@ -17,6 +17,7 @@ from pipeline.label_maps import label_map_from_raw
 from pipeline.manifest import read_manifest
 from pipeline.shards import list_shards
 from random_sams import photo, records_as_raw_masks
+from repaint_checks import assert_repaint_writes_what_masks_wrote, overlapping_images, shard_bytes
 
 FEW_POINTS = {"points_per_side": "3", "pred_iou_thresh": "0", "stability_score_thresh": "0"}
 
@@ -75,6 +76,7 @@ def test_sam2_masks_through_the_command_line_pass_verify_on_one_and_two_devices(
     monkeypatch.setenv("SEGPIC_CACHE", str(tmp_path / "cache"))
     settings = [f"sam2.{key}={value}" for key, value in FEW_POINTS.items()]
     settings += ["sam2.model=tiny", f"sam2.checkpoint={random_sam21_checkpoint}", "speck_area=16"]
+    settings += ["sam2.box_nms_thresh=1.0"]  # keeps overlapping masks: where the label-map rule decides
     outputs = {}
     for name, devices in (("one", "cpu"), ("two", "cpu,cpu")):
         out = tmp_path / name
@@ -85,6 +87,9 @@ def test_sam2_masks_through_the_command_line_pass_verify_on_one_and_two_devices(
         assert verified.exit_code == 0, verified.output
         outputs[name] = {path.name: path.read_bytes() for path in list_shards(out)}
     assert outputs["one"] == outputs["two"] and len(outputs["one"]) == len(list_shards(four_image_shards)) >= 2
+    raw = tmp_path / "one-raw"  # kept by default for the SAM family
+    assert shard_bytes(tmp_path / "two-raw") == shard_bytes(raw) and all(overlapping_images(raw))
+    assert_repaint_writes_what_masks_wrote(four_image_shards, tmp_path / "one", raw, {"speck_area": 16}, tmp_path / "repainted")
     manifest = read_manifest(tmp_path / "one")
     assert manifest.settings["generator"] == "sam2"
     assert manifest.settings["weights"] == {"sha256": hashlib.sha256(random_sam21_checkpoint.read_bytes()).hexdigest()}
