@@ -8,7 +8,7 @@ bytes and neither imports the other.
 
 import io
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -117,18 +117,6 @@ class ImageRecord:
     data: bytes
     width: int
     height: int
-
-
-@dataclass
-class MasksSummary:
-    """What a run did: shards written and skipped as already finished, images and failures."""
-
-    written: list[str] = field(default_factory=list)
-    already_done: list[str] = field(default_factory=list)
-    images: int = 0
-    failed: int = 0
-    complete: bool = False
-    raw: Path | None = None  # where raw masks went, if kept
 
 
 class LabelMapTooLarge(MemoryError):

@@ -38,14 +38,13 @@ from pipeline.manifest import MANIFEST_NAME, Manifest, read_manifest
 from pipeline.mask_labelling import (
     ImageRecord,
     MasksConfig,
-    MasksSummary,
     decode_or_error,
     failure_reason,
     generate_outcomes,
     read_records,
 )
 from pipeline.output_folder import ensure_output_folder, locked_output
-from pipeline.shard_outputs import Outcome, Output, Plan, Rows, ShardReport, check_output_folder, finished, refresh_manifest, write_outputs
+from pipeline.shard_outputs import MasksSummary, Outcome, Output, Plan, Rows, ShardReport, check_output_folder, finished, refresh_manifest, write_outputs
 from pipeline.shards import IMAGE_KIND, list_shards, open_parquet
 
 PREFETCH_PER_WORKER = 4

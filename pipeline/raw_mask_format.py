@@ -2,7 +2,7 @@
 
 Raw masks are what a generator found before the label-map rule (`pipeline.label_maps`) made a
 partition of them: SAM's overlapping masks with their scores, or the regions of a generator
-that partitions the image itself. Version 1 (`RAW_MASK_FORMAT_VERSION`): each mask is COCO's
+that partitions the image itself. Version 1 (`pipeline.shards.RAW_MASK_FORMAT_VERSION`): each mask is COCO's
 compressed run-length encoding of its (H, W) binary mask, column-major (`segmentation` =
 `{"size": [H, W], "counts": str}`, what `pycocotools.mask.decode` reads and SA-1B ships), its
 `bbox` [x, y, w, h] and `area` in pixels, and, where the generator has them, SAM's
@@ -27,7 +27,6 @@ from pycocotools import mask as coco_mask
 if TYPE_CHECKING:  # the data commands that read raw masks start without torch
     import torch
 
-RAW_MASK_FORMAT_VERSION = 1
 COUNT_OFFSET = 48  # COCO's string: 5 bits a character, offset into printable ASCII
 MORE_BIT = 0x20
 SIGN_BIT = 0x10

@@ -26,10 +26,9 @@ from tqdm import tqdm
 
 from pipeline.generators.base import config_from_options
 from pipeline.label_maps import LabelMapRule
-from pipeline.mask_labelling import MasksSummary
 from pipeline.output_folder import ensure_output_folder, locked_output
 from pipeline.raw_sets import check_checksums, raw_outcome, read_raw_set
-from pipeline.shard_outputs import LabelMapOutput, Rows, check_output_folder, finished, refresh_manifest, write_outputs
+from pipeline.shard_outputs import LabelMapOutput, MasksSummary, Rows, check_output_folder, finished, refresh_manifest, write_outputs
 from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, read_rows
 
 ROWS_AHEAD = 16  # raw rows handed to the threads before the first is written

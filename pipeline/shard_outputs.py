@@ -19,7 +19,7 @@ when its report exists.
 import json
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,6 +65,18 @@ class ShardReport:
         data = json.loads(path.read_text())
         failed = [RecordNote(**note) for note in data["failed"]]
         return cls(ShardEntry(**data["entry"]), failed, data["settings_hash"], data.get("raw_sha256"))
+
+
+@dataclass
+class MasksSummary:
+    """What a masks or repaint run did: shards written and skipped as already finished, images and failures."""
+
+    written: list[str] = field(default_factory=list)
+    already_done: list[str] = field(default_factory=list)
+    images: int = 0
+    failed: int = 0
+    complete: bool = False
+    raw: Path | None = None  # where raw masks went, if kept
 
 
 def report_path(folder: Path, shard: str) -> Path:

@@ -28,12 +28,14 @@ import pyarrow.parquet as pq
 
 from pipeline.atomic_files import INCOMPLETE_SUFFIX
 from pipeline.label_map_format import LABEL_MAP_FORMAT_VERSION
-from pipeline.raw_mask_format import RAW_MASK_FORMAT_VERSION
 
 FORMAT_VERSION = 1
 IMAGE_KIND = "images"
 MASK_KIND = "masks"
 RAW_KIND = "raw-masks"
+RAW_MASK_FORMAT_VERSION = 1
+"""Version of how raw masks are encoded (`pipeline.raw_mask_format`): 1, COCO compressed RLE per mask. Kept here,
+not there, so that the stages that only read images and label maps do not load the RLE codec."""
 SHARD_PATTERN = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 
 # The Hub's conventions: about 500 MB per file, about 100 MB per row group.

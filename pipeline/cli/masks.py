@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
+from pipeline.cli.settings_files import file_settings
 from pipeline.cli.timings import TimingsOption, check_outside, write_timings
 
 
@@ -25,35 +26,6 @@ def _parse_settings(settings: list[str], generator: str) -> tuple[tuple[str, str
         if not dot or scope == generator:
             pairs.append((name.replace("-", "_"), value.strip()))
     return tuple(pairs)
-
-
-def _file_settings(reference: str) -> tuple[tuple[str, Any], ...]:
-    """`FILE` or `FILE:DOTTED.KEY` (YAML or JSON) -> the settings mapping found there, as pairs.
-
-    Lets a DVC stage hand a generator exactly its own block of params.yaml
-    (`params.yaml:masks.settings.sam`); values keep their YAML types.
-    """
-    import yaml
-
-    path_text, _, key = reference.rpartition(":") if ":" in reference else (reference, "", "")
-    path = Path(path_text)
-    if not path.is_file():
-        raise FileNotFoundError(f"--settings: {path}: no such file")
-    try:
-        found = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ValueError(f"--settings: {path} is not valid YAML or JSON{where} ({getattr(error, 'problem', error)})") from error
-    for part in key.split(".") if key else []:
-        if not isinstance(found, dict) or part not in found:
-            raise ValueError(f"--settings: {path} has no key {key!r}")
-        found = found[part]
-    if found is None:
-        return ()
-    if not isinstance(found, dict):
-        raise ValueError(f"--settings: {reference} is not a mapping of KEY: VALUE settings")
-    return tuple((str(name).replace("-", "_"), value) for name, value in found.items())
 
 
 def masks(
@@ -116,7 +88,7 @@ def masks(
         for folder in (out, raw):
             if folder is not None:
                 check_outside(timings, folder)
-        options = (_file_settings(settings) if settings else ()) + _parse_settings(setting or [], generator)
+        options = (file_settings(settings) if settings else ()) + _parse_settings(setting or [], generator)
         config = MasksConfig(
             images=images,
             out=out,

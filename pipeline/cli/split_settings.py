@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
-from pipeline.cli.masks import _file_settings
+from pipeline.cli.settings_files import file_settings
 
 
 def split_settings(
@@ -27,7 +27,7 @@ def split_settings(
     from pipeline.label_maps import split_rule_settings
 
     with exit_on_user_error():
-        parts = split_rule_settings(_file_settings(settings))
+        parts = split_rule_settings(file_settings(settings))
         for path, part in zip((network, rule), parts):
             write_bytes_atomically(path, (json.dumps(part, indent=2, sort_keys=True) + "\n").encode())
     typer.echo(f"{network}: {len(parts[0])} network setting(s); {rule}: {len(parts[1])} rule setting(s)")
