@@ -34,7 +34,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.generators import MaskGenerator
-from pipeline.manifest import MANIFEST_NAME, Manifest, read_manifest
+from pipeline.manifest import Manifest
 from pipeline.mask_labelling import (
     ImageRecord,
     MasksConfig,
@@ -45,7 +45,8 @@ from pipeline.mask_labelling import (
 )
 from pipeline.output_folder import ensure_output_folder, locked_output
 from pipeline.shard_outputs import MasksSummary, Outcome, Output, Plan, Rows, ShardReport, check_output_folder, finished, refresh_manifest, write_outputs
-from pipeline.shards import IMAGE_KIND, list_shards, open_parquet
+from pipeline.shard_sets import read_complete_set
+from pipeline.shards import IMAGE_KIND, open_parquet
 
 PREFETCH_PER_WORKER = 4
 MAX_ERROR_CHARS = 300
@@ -57,19 +58,8 @@ class GeneratorUnavailable(ValueError):
 
 def image_shard_checksums(images: Path) -> dict[str, str]:
     """Sha256 of every image shard, in order, from the image manifest; refuses anything but a complete image set."""
-    shards = list_shards(images)
-    try:
-        manifest = read_manifest(images)
-    except FileNotFoundError as error:
-        raise ValueError(f"{images}: no {MANIFEST_NAME}; give the image shard folder written by `segpic ingest`") from error
-    if manifest.kind != IMAGE_KIND:
-        raise ValueError(f"{images} holds {manifest.kind} shards, not image shards")
-    if not manifest.complete:
-        raise ValueError(f"{images}: the image set is incomplete (ingest jobs pending)")
-    listed = {entry.name: entry.sha256 for entry in manifest.shards}
-    if sorted(listed) != [path.name for path in shards]:
-        raise ValueError(f"{images}/{MANIFEST_NAME} does not list exactly the shard files present; run `segpic verify`")
-    return {path.name: listed[path.name] for path in shards}
+    _, entries = read_complete_set(images, IMAGE_KIND, "`segpic ingest`")
+    return {name: entry.sha256 for name, entry in entries.items()}
 
 
 def pending_work(config: MasksConfig, outputs: list[Output], checksums: dict[str, str]) -> tuple[Plan, list[str]]:

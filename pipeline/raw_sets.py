@@ -8,26 +8,16 @@ damaged or truncated shard stops the command with one line before it writes anyt
 from pathlib import Path
 from typing import Any
 
-from pipeline.manifest import MANIFEST_NAME, Manifest, ShardEntry, file_sha256, read_manifest
+from pipeline.manifest import MANIFEST_NAME, Manifest, ShardEntry, file_sha256
 from pipeline.raw_mask_format import RawMasks
 from pipeline.shard_outputs import Outcome
-from pipeline.shards import RAW_KIND, list_shards
+from pipeline.shard_sets import read_complete_set
+from pipeline.shards import RAW_KIND
 
 
 def read_raw_set(raw: Path) -> tuple[Manifest, dict[str, ShardEntry]]:
     """The raw set's manifest and its shard entries by name, refusing anything but a complete raw-mask set."""
-    try:
-        manifest = read_manifest(raw)
-    except FileNotFoundError as error:
-        raise ValueError(f"{raw}: no {MANIFEST_NAME}; give the raw mask folder written by `segpic masks` (--raw)") from error
-    if manifest.kind != RAW_KIND:
-        raise ValueError(f"{raw} holds {manifest.kind} shards, not raw masks; give the raw mask folder written by `segpic masks`")
-    if not manifest.complete:
-        raise ValueError(f"{raw}: the raw mask set is incomplete (masks jobs pending)")
-    entries = {entry.name: entry for entry in manifest.shards}
-    if sorted(entries) != [path.name for path in list_shards(raw)]:
-        raise ValueError(f"{raw}/{MANIFEST_NAME} does not list exactly the shard files present; run `segpic verify`")
-    return manifest, entries
+    return read_complete_set(raw, RAW_KIND, "`segpic masks --raw`")
 
 
 def check_checksums(raw: Path, entries: list[ShardEntry]) -> None:

@@ -76,7 +76,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(sam_raw, tmp_path):
     existing.write_text("{}")
     cases = [
         (export(raw, existing), "exists; give --overwrite"),
-        (export(images, tmp_path / "a.json"), "holds images shards, not raw masks"),
+        (export(images, tmp_path / "a.json"), "holds images shards, not raw mask shards"),
         (export(tmp_path / "nothing", tmp_path / "b.json"), "no manifest.json"),
         (export(raw, tmp_path / "c.json", "--shard", "part-00009-of-00009.parquet"), "has no shard 'part-00009-of-00009.parquet'"),
     ]

@@ -115,10 +115,10 @@ def test_bad_rule_settings_are_one_line_and_nothing_is_written(felzenszwalb_raw,
 
 
 def test_a_folder_without_raw_masks_is_refused(two_shards, felzenszwalb_raw, tmp_path):
-    one_error_line(run_repaint(tmp_path / "empty", tmp_path / "a"), "no manifest.json", "raw mask folder")
-    one_error_line(run_repaint(two_shards, tmp_path / "b"), "holds images shards, not raw masks")
+    one_error_line(run_repaint(tmp_path / "empty", tmp_path / "a"), "no manifest.json", "raw mask shard folder")
+    one_error_line(run_repaint(two_shards, tmp_path / "b"), "holds images shards, not raw mask shards")
     repaint(RepaintConfig(raw=felzenszwalb_raw, out=tmp_path / "labels"))
-    one_error_line(run_repaint(tmp_path / "labels", tmp_path / "c"), "holds masks shards, not raw masks")
+    one_error_line(run_repaint(tmp_path / "labels", tmp_path / "c"), "holds masks shards, not raw mask shards")
     one_error_line(run_repaint(felzenszwalb_raw, felzenszwalb_raw), "is the raw mask folder")
     assert not any((tmp_path / name).exists() for name in "abc")
 
