@@ -42,7 +42,7 @@ def masks(
             "sam.batch_size=4; sam2.model=tiny|small|base_plus|large, sam2.checkpoint=PATH; "
             "sam3.checkpoint=PATH (sam3.pt), sam3.mode=points|concepts, sam3.prompts='person, dog' and every AMG setting; "
             "grid.grid=4; felzenszwalb.scale=400; coco-panoptic.panoptic_dir=DIR; "
-            "speck_area, max_regions (all).",
+            "speck_area, max_regions, min_predicted_iou, min_mask_area, max_masks, rank_masks_by (all: the label-map rule).",
         ),
     ] = None,
     settings: Annotated[
