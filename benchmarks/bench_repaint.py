@@ -5,21 +5,25 @@ repaint. On the same images (the sample photos at Kodak's 768x512, or `--images-
 `--model` (default vit_b, random weights) and `--points-per-side` (default 16) points, one run
 prints:
 
-- the masks stage (`make_masks`: decode, network, raw masks, label maps, shards) with raw masks
-  kept and without, in s/image, and the share keeping them adds (target: under 5 %);
+- the masks stage (`make_masks`: decode, network, raw masks, label maps, shards) in s/image, run
+  once keeping raw masks and once not (on a shared machine the difference between two such runs
+  is mostly load), and, measured apart on the same masks, what keeping them adds: building their
+  rows and writing their shards, in ms/image and as a share of the stage (target: under 5 %);
 - `segpic repaint` of the kept raw masks into label maps, in images/s, and its speed-up over the
   masks stage (target: at least 50x), checking the repainted shards equal the stage's;
-- the parts a kept mask costs per image: RLE encoding by each candidate (pycocotools on the host,
-  runs found by torch as on a GPU, segment-anything's own `mask_to_rle_pytorch` + `coco_encode_rle`),
-  and the label-map rule from raw masks;
+- per image, what the label maps now cost beside the network: RLE encoding (pycocotools, the
+  encoder used, against segment-anything's own `mask_to_rle_pytorch` + `coco_encode_rle`), and the
+  rule from raw masks against painting the same dense masks with torch, as the masks stage did
+  before it kept raw masks;
 - raw masks per image, raw bytes per image against label-map bytes per image.
 
 Random weights make every candidate score alike, so `pred_iou_thresh` is set to keep `--keep`
 (15 %) of them, as a trained SAM keeps a few hundred of thousands, and box NMS is off (it would
-merge random blobs): repaint then handles more masks per image than a trained SAM usually keeps,
-which makes it slower, not faster. `--felzenszwalb` adds the same figures for the weight-free
-generator of the default study (`make repro`), whose DVC stages now run it into raw masks and
-repaint them.
+merge random blobs): repaint then handles more masks per image than a trained SAM usually keeps.
+Random-weight masks are also speckled, so their RLE strings are far longer than a trained SAM's
+smooth masks need: bytes and decoding times here are upper bounds. `--felzenszwalb` adds the
+stage and repaint figures for the weight-free generator of the default study (`make repro`),
+whose DVC stages now run it into raw masks and repaint them.
 
     .venv/bin/python benchmarks/bench_repaint.py                       # vit_b, 16x16 points, 2 images, CPU
     .venv/bin/python benchmarks/bench_repaint.py --images 8 --device cuda --model vit_h --points-per-side 32
@@ -42,11 +46,14 @@ from pipeline.generators import build_generator
 from pipeline.generators.amg_engine import AmgSettings
 from pipeline.generators.sam_segmenter import SamSegmenter
 from pipeline.ingest import IngestConfig, ingest
-from pipeline.label_maps import LabelMapRule, label_map_from_raw
+from pipeline.label_maps import RULE_FIELDS, LabelMapRule, label_map_from_raw, paint_order
+from pipeline.manifest import read_manifest
 from pipeline.masks import MasksConfig, make_masks
-from pipeline.raw_mask_format import RawMasks, mask_runs, rle_from_runs, rles_from_masks
-from pipeline.repaint import RepaintConfig, repaint
-from pipeline.shards import list_shards, read_rows
+from pipeline.raw_mask_format import RawMasks, rles_from_masks
+from pipeline.raw_sets import raw_outcome
+from pipeline.repaint import RawRecord, RepaintConfig, repaint
+from pipeline.shard_outputs import RawMaskOutput, write_outputs
+from pipeline.shards import DEFAULT_ROW_GROUP_BYTES, list_shards, read_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_masks import load_images, realistic_iou_threshold  # noqa: E402  (the benchmarks share their images and regime)
@@ -71,8 +78,8 @@ def timed(work) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
-def stage_and_repaint(name: str, options: dict, model, images: Path, scratch: Path, count: int) -> None:
-    """The masks stage with and without raw masks, then repaint; prints s/image, ratios and bytes."""
+def stage_and_repaint(name: str, options: dict, model, images: Path, scratch: Path, count: int) -> float:
+    """The masks stage without and with raw masks, then repaint; prints s/image, ratios and bytes; returns the stage's s/image."""
     def stage(out: Path, keep: bool) -> float:
         generator = build_generator(name, options, **({"model": model} if model is not None else {}))
         config = MasksConfig(images=images, out=out, generator=name, options=tuple(options.items()), keep_raw=keep)
@@ -80,32 +87,56 @@ def stage_and_repaint(name: str, options: dict, model, images: Path, scratch: Pa
 
     without = stage(scratch / f"{name}-plain", keep=False)
     kept = stage(scratch / f"{name}-labels", keep=True)
-    raw = scratch / f"{name}-labels-raw"
-    repaint_s, _ = timed(lambda: repaint(RepaintConfig(raw=raw, out=scratch / f"{name}-repainted", options=tuple(
-        (key, value) for key, value in options.items() if key in ("speck_area", "max_regions")))))
-    same = all((scratch / f"{name}-repainted" / path.name).read_bytes() == path.read_bytes() for path in list_shards(scratch / f"{name}-labels"))
+    raw, labels = scratch / f"{name}-labels-raw", scratch / f"{name}-labels"
+    rule = tuple((key, value) for key, value in options.items() if key in RULE_FIELDS)
+    repaint_s, _ = timed(lambda: repaint(RepaintConfig(raw=raw, out=scratch / f"{name}-repainted", options=rule)))
+    same = all((scratch / f"{name}-repainted" / path.name).read_bytes() == path.read_bytes() for path in list_shards(labels))
+    keeping = raw_keeping_seconds(raw, scratch / f"{name}-rewritten")
     masks = sum(len(row["masks"]) for path in list_shards(raw) for row in read_rows(path, ["masks"])) / count
-    print(f"{name}: masks stage {without / count:.3f} s/image without raw masks, {kept / count:.3f} with "
-          f"({(kept - without) / without:+.1%}); repaint {count / repaint_s:.1f} images/s = {kept / repaint_s:.0f}x the masks stage "
-          f"(shards equal: {same})")
+    print(f"{name}: masks stage {without / count:.3f} s/image without raw masks, {kept / count:.3f} with; keeping them: "
+          f"{keeping / count * 1000:.1f} ms/image = {keeping / kept:.2%} of the stage")
+    print(f"{name}: repaint {count / repaint_s:.2f} images/s = {kept / repaint_s:.0f}x the masks stage (shards equal: {same})")
     print(f"{name}: {masks:.1f} raw masks/image, raw {folder_bytes(raw) / count / 1024:.1f} KiB/image, "
-          f"label maps {folder_bytes(scratch / f'{name}-labels') / count / 1024:.1f} KiB/image")
+          f"label maps {folder_bytes(labels) / count / 1024:.1f} KiB/image")
+    return kept / count
 
 
-def encoding_costs(raw: Path, device: torch.device) -> None:
-    """Per image of a raw set: its masks (decoded, on `device`) encoded by each candidate, and the rule applied to them."""
-    costs = {"pycocotools (host)": 0.0, "torch runs (GPU path)": 0.0, "segment-anything RLE": 0.0, "label-map rule": 0.0}
+def raw_keeping_seconds(raw: Path, out: Path) -> float:
+    """Seconds to build the raw rows of `raw`'s masks and write their shards: what keeping raw masks adds to the stage."""
+    manifest = read_manifest(raw)
+    output = RawMaskOutput(out, manifest.settings["generator"], manifest.settings)
+    seconds = 0.0
+    for entry in manifest.shards:
+        rows = list(read_rows(raw / entry.name))
+        outcomes = [(row, raw_outcome(row, raw / entry.name)) for row in rows]
+        records = [(RawRecord(row["id"], row["width"], row["height"]), outcome) for row, outcome in outcomes]
+        seconds += timed(lambda: write_outputs([output], entry.name, ([output.row(*pair)] for pair in records), DEFAULT_ROW_GROUP_BYTES, entry.image_sha256))[0]
+    return seconds
+
+
+def label_map_costs(raw: Path, device: torch.device) -> None:
+    """Per image of a raw set: its masks (decoded, on `device`) RLE-encoded two ways, the rule from raw masks, torch painting."""
+    costs = {"RLE by pycocotools": 0.0, "RLE by segment-anything": 0.0, "rule from raw masks": 0.0, "torch painting of dense masks": 0.0}
     rows = [row for path in list_shards(raw) for row in read_rows(path)]
     for row in rows:
         stored = RawMasks.from_rows(row["height"], row["width"], row["masks"], row["id"])
         rles = [{"size": [stored.height, stored.width], "counts": mask.counts.encode()} for mask in stored.masks]
         masks = torch.from_numpy(coco_mask.decode(rles).transpose(2, 0, 1).astype(bool)).to(device)
-        costs["pycocotools (host)"] += timed(lambda: rles_from_masks(masks.cpu()))[0]
-        costs["torch runs (GPU path)"] += timed(lambda: [rle_from_runs(runs, stored.height, stored.width) for runs in mask_runs(masks)])[0]
-        costs["segment-anything RLE"] += timed(lambda: [coco_encode_rle(rle) for rle in mask_to_rle_pytorch(masks)])[0]
-        costs["label-map rule"] += timed(lambda: label_map_from_raw(stored, LabelMapRule()))[0]
-    print(f"per image ({device}, {np.mean([len(row['masks']) for row in rows]):.1f} masks): "
+        costs["RLE by pycocotools"] += timed(lambda: rles_from_masks(masks))[0]
+        costs["RLE by segment-anything"] += timed(lambda: [coco_encode_rle(rle) for rle in mask_to_rle_pytorch(masks)])[0]
+        costs["rule from raw masks"] += timed(lambda: label_map_from_raw(stored, LabelMapRule()))[0]
+        costs["torch painting of dense masks"] += timed(lambda: torch_painting(masks, stored))[0]
+    print(f"per image ({device}, {np.mean([len(row['masks']) for row in rows]):.1f} masks, "
+          f"{np.mean([len(mask['segmentation']['counts']) for row in rows for mask in row['masks']]) / 1024:.1f} KiB RLE each): "
           + ", ".join(f"{name} {seconds / len(rows) * 1000:.1f} ms" for name, seconds in costs.items()))
+
+
+def torch_painting(masks: torch.Tensor, stored: RawMasks) -> np.ndarray:
+    """Step 1 of the rule on dense masks with torch, largest first (what the masks stage did before it kept raw masks)."""
+    painted = torch.zeros(masks.shape[1:], dtype=torch.int32, device=masks.device)
+    for region_id, index in enumerate(paint_order([mask.area for mask in stored.masks], [mask.quality for mask in stored.masks]), start=1):
+        painted.masked_fill_(masks[index], region_id)
+    return painted.cpu().numpy()
 
 
 def main() -> None:
@@ -135,7 +166,7 @@ def main() -> None:
         images = write_image_shards(pictures, scratch)
         options = {**vars(settings), "model": args.model}
         stage_and_repaint("sam", options, sam, images, scratch, len(pictures))
-        encoding_costs(scratch / "sam-labels-raw", device)
+        label_map_costs(scratch / "sam-labels-raw", device)
         if args.felzenszwalb:
             stage_and_repaint("felzenszwalb", {}, None, images, scratch, len(pictures))
 

@@ -9,8 +9,8 @@ compressed run-length encoding of its (H, W) binary mask, column-major (`segment
 `predicted_iou` and `stability_score`, and for text-prompted (concept) masks the `prompt` and
 its `score`. Raw shards hold these lists in their `masks` column (`pipeline.shards.RAW_SCHEMA`).
 
-Masks are encoded with pycocotools, or on a GPU from their runs found there (`rles_from_masks`),
-and a partition from one pass over its label map (`rles_from_partition`). Painting decodes the string back to runs (`runs_from_counts`), not to a full
+Masks are encoded with pycocotools (`rles_from_masks`), and a partition from one pass over its
+label map (`rles_from_partition`). Painting decodes the string back to runs (`runs_from_counts`), not to a full
 mask, so its cost grows with the mask's area rather than the image's. Scores are stored as
 float32, and a `RawMask` holds the float32 value, so a mask read back from a shard equals the
 one the generator made, bit for bit.
@@ -141,37 +141,20 @@ def partition_raw_masks(label_map: np.ndarray, unlabelled: int | None = None) ->
 
 
 def rles_from_masks(masks: "np.ndarray | torch.Tensor") -> list[dict[str, Any]]:
-    """(n, H, W) bool masks -> compressed RLE dicts, encoded where it is cheapest (measured in `benchmarks/bench_repaint.py`).
+    """(n, H, W) bool masks (NumPy, or torch on any device) -> compressed RLE dicts, by pycocotools on a column-major copy.
 
-    In host memory, pycocotools encodes a column-major copy; on a GPU the runs are found there
-    and only their boundaries cross to the host, instead of every pixel of every mask.
+    The fastest of the encoders measured (`benchmarks/bench_repaint.py`): segment-anything's own
+    `mask_to_rle_pytorch` + `coco_encode_rle` take about a hundred times longer on a CPU.
     """
-    count, height, width = masks.shape
+    count = masks.shape[0]
     if count == 0:
         return []
-    if isinstance(masks, np.ndarray) or masks.device.type == "cpu":
-        host = masks if isinstance(masks, np.ndarray) else masks.numpy()
-        column_major = np.ascontiguousarray(host.astype(bool, copy=False).transpose(0, 2, 1)).view(np.uint8).transpose(2, 1, 0)
-        return coco_mask.encode(column_major)
-    return [rle_from_runs(runs, height, width) for runs in mask_runs(masks)]
+    host = masks if isinstance(masks, np.ndarray) else masks.cpu().numpy()
+    column_major = np.ascontiguousarray(host.astype(bool, copy=False).transpose(0, 2, 1)).view(np.uint8).transpose(2, 1, 0)
+    return coco_mask.encode(column_major)
 
 
-def mask_runs(masks: "torch.Tensor") -> list[np.ndarray]:
-    """Each mask's uncompressed COCO counts (column-major runs, zeros first), found on the masks' device (a GPU's, for
-    `rles_from_masks`; any device gives the same runs)."""
-    count, height, width = masks.shape
-    flat = masks.transpose(1, 2).reshape(count, height * width)
-    changes = (flat[:, 1:] != flat[:, :-1]).nonzero().cpu().numpy()
-    first = flat[:, 0].cpu().numpy()
-    splits = np.searchsorted(changes[:, 0], np.arange(1, count))
-    runs = []
-    for index, positions in enumerate(np.split(changes[:, 1] + 1, splits)):
-        lengths = np.diff(np.concatenate([[0], positions, [height * width]]))
-        runs.append(np.concatenate([[0], lengths]) if first[index] else lengths)
-    return runs
-
-
-def rle_from_runs(runs: np.ndarray, height: int, width: int) -> dict[str, Any]:
+def _rle_from_runs(runs: np.ndarray, height: int, width: int) -> dict[str, Any]:
     """Uncompressed COCO counts -> pycocotools' compressed RLE dict."""
     return coco_mask.frPyObjects({"size": [height, width], "counts": runs.tolist()}, height, width)
 
@@ -190,7 +173,7 @@ def rles_from_partition(label_map: np.ndarray) -> tuple[np.ndarray, list[dict[st
         gaps = region_starts - np.concatenate([[0], region_starts[:-1] + region_lengths[:-1]])
         runs = np.stack([gaps, region_lengths], axis=1).ravel()
         tail = flat.size - (region_starts[-1] + region_lengths[-1])
-        rles.append(rle_from_runs(np.concatenate([runs, [tail]]) if tail else runs, height, width))
+        rles.append(_rle_from_runs(np.concatenate([runs, [tail]]) if tail else runs, height, width))
     return ids, rles
 
 
