@@ -73,7 +73,7 @@ def masks(
     ] = "",
     raw: Annotated[
         Path | None,
-        typer.Option(help="Raw mask shard directory (COCO RLE, for segpic repaint/export-masks); without --out, only these.")
+        typer.Option(help="Raw mask shard directory to write (COCO RLE, for segpic repaint and export-masks); without --out, only these.")
     ] = None,
     keep_raw: Annotated[
         bool | None,
