@@ -81,7 +81,7 @@ def test_datasets_decodes_mask_shards(sample_image_shards, tmp_path):
 
 
 def test_a_run_killed_mid_way_resumes_to_the_same_shards(sample_image_shards, tmp_path, monkeypatch):
-    make_masks(grid_config(sample_image_shards, tmp_path / "reference"))
+    make_masks(grid_config(sample_image_shards, tmp_path / "reference", keep_raw=True))
     calls = {"count": 0}
     original = GridGenerator.regions
 
@@ -94,15 +94,17 @@ def test_a_run_killed_mid_way_resumes_to_the_same_shards(sample_image_shards, tm
     monkeypatch.setattr(GridGenerator, "regions", dies_on_the_sixth_image)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        make_masks(grid_config(sample_image_shards, out))
+        make_masks(grid_config(sample_image_shards, out, keep_raw=True))
     finished = sorted(path.name for path in out.glob("*.parquet"))
     assert 0 < len(finished) < 3 and not list(out.glob("*.incomplete"))
+    assert sorted(path.name for path in (tmp_path / "resumed-raw").glob("*.parquet")) == finished  # raw shards with them
     (out / "part-00002-of-00003.parquet.incomplete").write_bytes(b"left by a SIGKILL")
     monkeypatch.setattr(GridGenerator, "regions", original)
-    summary = make_masks(grid_config(sample_image_shards, out))
+    summary = make_masks(grid_config(sample_image_shards, out, keep_raw=True))
     assert summary.already_done == finished
-    assert shard_bytes(out) == shard_bytes(tmp_path / "reference")
-    assert not list(out.glob("*.incomplete")) and read_manifest(out).complete
+    for folder in ("", "-raw"):
+        assert shard_bytes(tmp_path / f"resumed{folder}") == shard_bytes(tmp_path / f"reference{folder}")
+        assert not list((tmp_path / f"resumed{folder}").glob("*.incomplete")) and read_manifest(tmp_path / f"resumed{folder}").complete
 
 
 def test_other_settings_into_a_finished_directory_are_refused(sample_image_shards, tmp_path):
