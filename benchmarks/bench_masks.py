@@ -372,7 +372,7 @@ def _sam2_row(args: argparse.Namespace, images: list[np.ndarray], device: torch.
     """SAM 2.1 (`--sam2`, random weights) through the official automatic mask generator, in the realistic regime."""
     from pipeline.generators.sam2 import Sam2Generator, build_sam21
 
-    network = build_sam21(args.sam2, None, device)
+    network = build_sam21(args.sam2, device)
     base = AmgSettings(points_per_side=args.points_per_side, stability_score_thresh=0.0)
     threshold = sam21_iou_threshold(network, images, base, args.keep)
     config = Sam2Generator.Config(**{**vars(base), "pred_iou_thresh": threshold, "model": args.sam2})
