@@ -52,8 +52,9 @@ from pipeline.generators.amg_engine import AmgEngine, AmgSettings
 from pipeline.generators.sam import SamGenerator
 from pipeline.generators.sam_segmenter import SamSegmenter
 from pipeline.ingest import IngestConfig, ingest
-from pipeline.label_maps import LabelMapRule, RegionMask, masks_to_label_map
+from pipeline.label_maps import LabelMapRule, label_map_from_raw
 from pipeline.masks import MasksConfig, image_shard_checksums, run_local
+from pipeline.raw_mask_format import dense_raw_masks
 from pipeline.sample import sample_photo_paths
 from pipeline.shards import list_shards
 
@@ -168,11 +169,16 @@ def time_stock(sam, settings: AmgSettings, images: list[np.ndarray], device: tor
 
 
 def time_engine(segmenter: SamSegmenter, settings: AmgSettings, images: list[np.ndarray], batch: int, fast: bool, device: torch.device):
-    """Our engine's timing, label maps and engine on all images at once, `batch` crops per encoder call."""
+    """Our engine's timing, label maps and engine on all images at once, `batch` crops per encoder call
+    (raw masks, then the label-map rule, as the masks stage makes them)."""
     total, encoder, decoder = Timer(device), Timer(device), Timer(device)
     engine = AmgEngine(segmenter, settings, image_batch=batch, all_prompts=fast and device.type == "cuda")
+
+    def label_maps(images):
+        return [label_map_from_raw(raw, LabelMapRule()) for raw in engine.raw_masks(images)]
+
     with timing(segmenter, "embed", encoder), timing(segmenter, "predict_candidates", decoder):
-        results = total.wrap(engine.label_maps)(images, LabelMapRule())
+        results = total.wrap(label_maps)(images)
     return Timing(total.seconds, encoder.seconds, decoder.seconds), results, engine
 
 
@@ -188,9 +194,16 @@ def time_masks_stage(sam, settings: AmgSettings, images: list[np.ndarray], batch
         generator = SamGenerator(SamGenerator.Config(**options, batch_size=batch), model=sam)
         config = MasksConfig(images=shards, out=out, generator="sam", workers=workers)
         started = time.perf_counter()
+        plan = [(shard, config.outputs(generator)) for shard in list_shards(shards)]
         with tqdm(disable=True) as progress:
-            run_local(config, generator, list_shards(shards), image_shard_checksums(shards), progress)
+            run_local(config, generator, plan, image_shard_checksums(shards), progress)
         return time.perf_counter() - started
+
+
+def stock_raw_masks(records: list[dict], image: np.ndarray):
+    """Stock AMG's records of `image` as raw masks, in their order."""
+    masks = np.stack([record["segmentation"] for record in records]) if records else np.zeros((0, *image.shape[:2]), dtype=bool)
+    return dense_raw_masks(masks, predicted_ious=[record["predicted_iou"] for record in records])
 
 
 def same_masks(stock: list[list[dict]], exact_engine: AmgEngine, images: list[np.ndarray]) -> bool:
@@ -244,7 +257,7 @@ def main() -> None:
     stage_s = time_masks_stage(sam, settings, images, args.batch, args.threads)
 
     identical = same_masks(stock_masks, exact_engine, images)
-    stock_maps = [masks_to_label_map([RegionMask.from_full(r["segmentation"], r["predicted_iou"]) for r in records], *image.shape[:2], LabelMapRule()) for records, image in zip(stock_masks, images)]
+    stock_maps = [label_map_from_raw(stock_raw_masks(records, image), LabelMapRule()) for records, image in zip(stock_masks, images)]
     maps_equal = all(np.array_equal(a.label_map, b.label_map) for a, b in zip(stock_maps, exact_maps))
     grid = exact_engine.point_grids[0]
     ious = np.concatenate([
@@ -314,13 +327,16 @@ def _masks_per_image(generator, images: list[np.ndarray]) -> float:
 
 
 def _generator_row(name: str, generator, images: list[np.ndarray], device: torch.device) -> tuple:
-    """(name, s/image, regions/image, peak memory, masks/image) of `generate_batch` in the generator's batch size."""
-    generator.generate_batch(images[:1], ["warm-up"])  # loads the network and warms its kernels
+    """(name, s/image, regions/image, peak memory, masks/image) of `regions_batch` and the rule in the generator's batch size."""
+
+    def label_maps(batch):
+        return [label_map_from_raw(raw, generator.rule) for raw in generator.regions_batch(batch, [str(index) for index in range(len(batch))])]
+
+    label_maps(images[:1])  # loads the network and warms its kernels
     reset_peak(device)
     timer, results = Timer(device), []
     for start in range(0, len(images), generator.batch_size):
-        batch = images[start : start + generator.batch_size]
-        results += timer.wrap(generator.generate_batch)(batch, [str(index) for index in range(len(batch))])
+        results += timer.wrap(label_maps)(images[start : start + generator.batch_size])
     regions = float(np.mean([result.stats.num_regions for result in results]))
     return name, timer.seconds / len(images), regions, peak_memory(device), _masks_per_image(generator, images)
 
@@ -356,7 +372,7 @@ def _sam2_row(args: argparse.Namespace, images: list[np.ndarray], device: torch.
     """SAM 2.1 (`--sam2`, random weights) through the official automatic mask generator, in the realistic regime."""
     from pipeline.generators.sam2 import Sam2Generator, build_sam21
 
-    network = build_sam21(args.sam2, None, device)
+    network = build_sam21(args.sam2, device)
     base = AmgSettings(points_per_side=args.points_per_side, stability_score_thresh=0.0)
     threshold = sam21_iou_threshold(network, images, base, args.keep)
     config = Sam2Generator.Config(**{**vars(base), "pred_iou_thresh": threshold, "model": args.sam2})

@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[list[str], bool]] = {
     "ingest": (["ingest", MISSING, "--out", "out"], True),
     "masks": (["masks", MISSING, "--out", "out"], True),
     "verify": (["verify", MISSING], True),
+    "repaint": (["repaint", MISSING, "--out", "out"], True),
+    "export-masks": (["export-masks", MISSING, "--out", "coco.json"], True),
     "mask-stats": (["mask-stats", MISSING, "--out", "stats.json"], True),
     "train": (["train", "--images", MISSING, "--out", "run"], False),
     "eval": (["eval", f"{MISSING}.pt", "--images", MISSING, "--out", "eval.json"], False),

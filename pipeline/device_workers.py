@@ -15,8 +15,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.generators import MaskGenerator
-from pipeline.mask_labelling import MasksConfig, ShardReport
+from pipeline.mask_labelling import MasksConfig
 from pipeline.masks import run_local
+from pipeline.shard_outputs import Output, Plan, ShardReport
 
 _worker_generator: MaskGenerator | None = None
 
@@ -36,27 +37,27 @@ def _start_worker(config: MasksConfig, devices: "multiprocessing.Queue[str]", to
     _worker_generator = config.build_generator(device=devices.get())
 
 
-def _mask_shard(config: MasksConfig, shard: Path, checksums: dict[str, str]) -> ShardReport:
+def _mask_shard(config: MasksConfig, shard: Path, outputs: list[Output], checksums: dict[str, str]) -> list[ShardReport]:
     assert _worker_generator is not None, "worker started without a generator"
     single = replace(config, devices=())
     with tqdm(disable=True) as quiet:
-        return run_local(single, _worker_generator, [shard], checksums, quiet)[0]
+        return run_local(single, _worker_generator, [(shard, outputs)], checksums, quiet)
 
 
-def run_on_devices(config: MasksConfig, shards: list[Path], checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
-    """Mask `shards` with one process per entry of `config.devices`; reports in shard order."""
+def run_on_devices(config: MasksConfig, plan: Plan, checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
+    """Process the planned shards with one process per entry of `config.devices`; reports in shard order."""
     context = multiprocessing.get_context("spawn")
-    reports: dict[Path, ShardReport] = {}
+    reports: dict[Path, list[ShardReport]] = {}
     with context.Manager() as manager:
         devices = manager.Queue()
         for device in config.devices:
             devices.put(device)
-        workers = min(len(config.devices), len(shards))
+        workers = min(len(config.devices), len(plan))
         torch = sys.modules.get("torch")  # not imported: the parent runs with torch's default, as a worker does
         threads = torch.get_num_threads() if torch is not None else None
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(config, devices, threads)) as pool:
-            futures = {pool.submit(_mask_shard, config, shard, checksums): shard for shard in shards}
+            futures = {pool.submit(_mask_shard, config, shard, outputs, checksums): shard for shard, outputs in plan}
             for future in as_completed(futures):
                 reports[futures[future]] = future.result()
-                progress.update(reports[futures[future]].entry.rows)
-    return [reports[shard] for shard in shards]
+                progress.update(reports[futures[future]][0].entry.rows)
+    return [report for shard, _ in plan for report in reports[shard]]

@@ -1,55 +1,52 @@
-"""`segpic masks`: image shards -> mask shards (one label map per image), resumable.
+"""`segpic masks`: image shards -> label-map shards and/or raw-mask shards, resumable.
 
-Layout: for every image shard `IMAGES/part-i-of-n.parquet` the mask directory gets
-`OUT/part-i-of-n.parquet` with the same rows in the same order (`pipeline.shards.MASK_SCHEMA`),
-plus `manifest.json`. Each finished mask shard is followed by a small report in
-`OUT/.masks-reports/<shard>.json` (its manifest entry, failures, settings hash; no timing,
-so equal inputs give equal bytes);
-a shard counts as finished only when its report exists, so a killed run redoes at most
-the shards it was writing (which were never visible: `ShardWriter` renames on success).
-Each mask shard records the sha256 of the image shard it was made from (taken from the
-image manifest); a finished shard is skipped only when both its settings and that
-checksum match, else the run is refused.
+Layout: for every image shard `IMAGES/part-i-of-n.parquet` each output folder gets a shard of
+the same name with the same rows in the same order, plus `manifest.json`: `OUT` label maps
+(`pipeline.shards.MASK_SCHEMA`), `RAW` the generator's raw masks (`RAW_SCHEMA`), kept by
+default for the SAM family (beside OUT, as `OUT-raw`) so that `segpic repaint` can remake the
+label maps with another rule without the network. Each finished shard is followed by a small
+report (`pipeline.shard_outputs`; no timing, so equal inputs give equal bytes); a shard
+counts as finished only when its report exists, so a killed run redoes at most the shards it
+was writing (which were never visible: `ShardWriter` renames on success). Each shard records
+the sha256 of the image shard it was made from (taken from the image manifest); a finished
+shard is skipped only when both its settings and that checksum match, else the run is refused.
 
-Refused before anything is written: an IMAGES folder that is not a complete image set;
-an OUT that is IMAGES, a file, or holds shards or a manifest of another kind; a second
-run while one holds OUT's lock (`pipeline.output_folder`); a generator that cannot start.
-A run in which every image failed exits with an error.
+Refused before anything is written: an IMAGES folder that is not a complete image set; an
+output folder that is IMAGES, the other output, a file, or holds shards or a manifest of
+another kind; a second run while one holds an output's lock (`pipeline.output_folder`); a
+generator that cannot start. A run in which every image failed exits with an error.
 
-A failing image does not stop the run and does not break alignment: its row is the
-failure marker (`pipeline.mask_labelling`), and the manifest's `skipped` lists its id
-and reason.
+A failing image does not stop the run and does not break alignment: its rows are the
+failure markers (`pipeline.shard_outputs`), and the manifests' `skipped` lists its id and
+reason.
 
 Job arrays: `--shard-index I --num-shards N` takes the image shards at positions
-p with p % N == I. Every job rewrites `manifest.json` from all reports present; it is
-marked complete once every image shard has its mask shard.
+p with p % N == I. Every job rewrites the manifests from all reports present; they are
+marked complete once every image shard has its shards.
 """
 
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
 from pipeline.generators import MaskGenerator
-from pipeline.manifest import MANIFEST_NAME, Manifest, RecordNote, read_manifest, write_manifest
+from pipeline.manifest import Manifest
 from pipeline.mask_labelling import (
     ImageRecord,
     MasksConfig,
-    MasksSummary,
-    ShardReport,
     decode_or_error,
     failure_reason,
     generate_outcomes,
-    mask_row,
     read_records,
-    report_path,
-    write_mask_shard,
 )
 from pipeline.output_folder import ensure_output_folder, locked_output
-from pipeline.shards import IMAGE_KIND, MASK_KIND, list_shards, open_parquet, shard_files, shard_kind
+from pipeline.shard_outputs import MasksSummary, Outcome, Output, Plan, Rows, ShardReport, check_output_folder, finished, refresh_manifest, write_outputs
+from pipeline.shard_sets import read_complete_set
+from pipeline.shards import IMAGE_KIND, open_parquet
 
 PREFETCH_PER_WORKER = 4
 MAX_ERROR_CHARS = 300
@@ -61,56 +58,23 @@ class GeneratorUnavailable(ValueError):
 
 def image_shard_checksums(images: Path) -> dict[str, str]:
     """Sha256 of every image shard, in order, from the image manifest; refuses anything but a complete image set."""
-    shards = list_shards(images)
-    try:
-        manifest = read_manifest(images)
-    except FileNotFoundError as error:
-        raise ValueError(f"{images}: no {MANIFEST_NAME}; give the image shard folder written by `segpic ingest`") from error
-    if manifest.kind != IMAGE_KIND:
-        raise ValueError(f"{images} holds {manifest.kind} shards, not image shards")
-    if not manifest.complete:
-        raise ValueError(f"{images}: the image set is incomplete (ingest jobs pending)")
-    listed = {entry.name: entry.sha256 for entry in manifest.shards}
-    if sorted(listed) != [path.name for path in shards]:
-        raise ValueError(f"{images}/{MANIFEST_NAME} does not list exactly the shard files present; run `segpic verify`")
-    return {path.name: listed[path.name] for path in shards}
+    _, entries = read_complete_set(images, IMAGE_KIND, "`segpic ingest`")
+    return {name: entry.sha256 for name, entry in entries.items()}
 
 
-def check_output_folder(config: MasksConfig) -> None:
-    """Refuse an OUT that is the image folder or holds anything but mask shards, before writing anything."""
-    out = config.out
-    if out.resolve() == config.images.resolve():
-        raise ValueError(f"--out {out} is the image shard folder; mask shards need a folder of their own")
-    if not out.is_dir():
-        return
-    if (out / MANIFEST_NAME).is_file() and (kind := read_manifest(out).kind) != MASK_KIND:
-        raise ValueError(f"--out {out} holds {kind} shards ({MANIFEST_NAME}); mask shards need a folder of their own")
-    for path in shard_files(out):
-        if (kind := shard_kind(path)) != MASK_KIND:
-            raise ValueError(f"--out {out} holds {kind} shards ({path.name}); mask shards need a folder of their own")
-
-
-def pending_shards(config: MasksConfig, settings_hash: str, checksums: dict[str, str]) -> tuple[list[Path], list[str]]:
-    """(image shards this job must still mask, names already finished from the same image shards and settings)."""
+def pending_work(config: MasksConfig, outputs: list[Output], checksums: dict[str, str]) -> tuple[Plan, list[str]]:
+    """(this job's image shards with the outputs they still lack, names every output already holds)."""
     shards = [config.images / name for name in checksums]
     if config.num_shards is not None:
         shards = [path for position, path in enumerate(shards) if position % config.num_shards == config.shard_index]
-    todo, done = [], []
+    plan, done = [], []
     for path in shards:
-        report_file = report_path(config.out, path.name)
-        report = ShardReport.read(report_file) if report_file.is_file() and (config.out / path.name).is_file() else None
-        if report is None or report.entry.image_sha256 is None:  # unfinished, or too old to say what it was made from
-            todo.append(path)
-            continue
-        if report.settings_hash != settings_hash:
-            raise ValueError(
-                f"{config.out / path.name} was made with other settings (hash {report.settings_hash}, now {settings_hash}); "
-                "use another --out"
-            )
-        if report.entry.image_sha256 != checksums[path.name]:
-            raise ValueError(f"{config.out / path.name} was made from another image set (its image shard differs); use another --out")
-        done.append(path.name)
-    return todo, done
+        missing = [output for output in outputs if not finished(output, path.name, checksums[path.name])]
+        if missing:
+            plan.append((path, missing))
+        else:
+            done.append(path.name)
+    return plan, done
 
 
 def start_generator(generator: MaskGenerator) -> None:
@@ -135,16 +99,21 @@ def _decoded_batches(
         yield [queue.popleft() for _ in range(min(batch_size, len(queue)))]
 
 
+def _image_rows(outputs: list[Output], record: ImageRecord, outcome: Outcome) -> list[Rows]:
+    return [output.row(record, outcome) for output in outputs]
+
+
 def _local_rows(
-    generator: MaskGenerator, image_shard: Path, pool: ThreadPoolExecutor, lookahead: int, max_label_map_bytes: int, progress: tqdm
-) -> Iterator[tuple[dict[str, Any], RecordNote | None]]:
-    """Label the shard's images in order, a batch at a time; threads decode the next images and encode
-    the previous batch's label maps (PNG) while the generator works."""
+    generator: MaskGenerator, outputs: list[Output], image_shard: Path, pool: ThreadPoolExecutor, lookahead: int,
+    max_label_map_bytes: int, progress: tqdm,
+) -> Iterator[list[Rows]]:
+    """Each image's rows in order, a batch at a time; threads decode the next images and apply the
+    label-map rule and encode the previous batch's rows while the generator works."""
     encoding: deque[list[Future]] = deque()
     for batch in _decoded_batches(image_shard, pool, lookahead, generator.batch_size, max_label_map_bytes):
         records = [record for record, _ in batch]
         outcomes = generate_outcomes(generator, records, [future.result() for _, future in batch])
-        encoding.append([pool.submit(mask_row, generator, record, outcome) for record, outcome in zip(records, outcomes)])
+        encoding.append([pool.submit(_image_rows, outputs, record, outcome) for record, outcome in zip(records, outcomes)])
         while len(encoding) > 1:
             for future in encoding.popleft():
                 yield future.result()
@@ -155,36 +124,19 @@ def _local_rows(
             progress.update(1)
 
 
-def run_local(
-    config: MasksConfig, generator: MaskGenerator, shards: list[Path], checksums: dict[str, str], progress: tqdm
-) -> list[ShardReport]:
+def run_local(config: MasksConfig, generator: MaskGenerator, plan: Plan, checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
     """The local engine: one generator in this process (or one per `--devices` entry), decoding on `workers` threads."""
     if len(config.devices) > 1:
         from pipeline.device_workers import run_on_devices  # worker processes, one per device
 
-        return run_on_devices(config, shards, checksums, progress)
+        return run_on_devices(config, plan, checksums, progress)
     reports = []
     lookahead = config.workers * PREFETCH_PER_WORKER
     with ThreadPoolExecutor(max_workers=config.workers) as pool:
-        for shard in shards:
-            rows = _local_rows(generator, shard, pool, lookahead, config.max_label_map_bytes, progress)
-            report = write_mask_shard(config.out, shard, rows, generator.settings_hash, config.row_group_bytes, checksums[shard.name])
-            reports.append(report)
+        for shard, outputs in plan:
+            rows = _local_rows(generator, outputs, shard, pool, lookahead, config.max_label_map_bytes, progress)
+            reports += write_outputs(outputs, shard.name, rows, config.row_group_bytes, checksums[shard.name])
     return reports
-
-
-def refresh_manifest(config: MasksConfig, generator: MaskGenerator, names: list[str]) -> Manifest:
-    """Rewrite OUT/manifest.json from the reports of the image shards `names` present; returns it."""
-    reports = [ShardReport.read(report_path(config.out, name)) for name in names if report_path(config.out, name).is_file()]
-    manifest = Manifest(
-        kind=MASK_KIND,
-        settings=generator.settings(),
-        shards=[report.entry for report in reports],
-        skipped=[note for report in reports for note in report.failed],
-        complete=len(reports) == len(names),
-    )
-    write_manifest(config.out, manifest)
-    return manifest
 
 
 def refuse_empty_result(summary: MasksSummary, manifest: Manifest, out: Path) -> None:
@@ -196,37 +148,53 @@ def refuse_empty_result(summary: MasksSummary, manifest: Manifest, out: Path) ->
         raise ValueError(f"{out}: no image could be labelled, every row is a failure marker{example}")
 
 
-def make_masks(config: MasksConfig) -> MasksSummary:
+def _summary(plan: Plan, done: list[str], reports: list[ShardReport]) -> MasksSummary:
+    """What the run did, counting each image shard once however many outputs it wrote."""
+    first = {}
+    for report in reports:
+        first.setdefault(report.entry.name, report)
+    return MasksSummary(
+        written=[path.name for path, _ in plan],
+        already_done=done,
+        images=sum(report.entry.rows for report in first.values()),
+        failed=sum(len(report.failed) for report in first.values()),
+    )
+
+
+def make_masks(config: MasksConfig, generator: MaskGenerator | None = None) -> MasksSummary:
     """Run the masks stage with the configured engine; see the module docstring.
 
     Everything that can be checked is checked before anything is written: the settings,
-    the image set, the output folder (not the images, not another kind or image set), the
-    lock, and the generator itself (started once here).
+    the image set, the output folders (not the images, not each other, not another kind or
+    image set), their locks, and the generator itself (started once here). Tests and
+    benchmarks may pass a `generator` they built (e.g. around a network of their own) for
+    the local engine on one device.
     """
-    generator = config.build_generator()
+    generator = generator or config.build_generator()
     checksums = image_shard_checksums(config.images)
-    check_output_folder(config)
-    ensure_output_folder(config.out)
+    outputs = config.outputs(generator)
+    for output in outputs:
+        others = [(other.folder, f"the {other.flag} folder") for other in outputs if other is not output]
+        check_output_folder(output, [(config.images, "the image shard folder"), *others])
     job = None if config.num_shards is None else (config.shard_index, config.num_shards)
-    with locked_output(config.out, job):
-        todo, done = pending_shards(config, generator.settings_hash, checksums)
-        if todo:
+    with ExitStack() as locks:
+        for output in outputs:
+            ensure_output_folder(output.folder)
+            locks.enter_context(locked_output(output.folder, job))
+        plan, done = pending_work(config, outputs, checksums)
+        if plan:
             start_generator(generator)
-        total = sum(open_parquet(path).metadata.num_rows for path in todo)
+        total = sum(open_parquet(path).metadata.num_rows for path, _ in plan)
         with tqdm(total=total, unit="img", desc=f"masks ({generator.name})", disable=not config.progress) as progress:
             if config.engine == "ray":
                 from pipeline.ray_engine import run_ray  # Ray is heavy to import; only this engine needs it
 
-                reports = run_ray(config, todo, checksums, progress)
+                reports = run_ray(config, plan, checksums, progress)
             else:
-                reports = run_local(config, generator, todo, checksums, progress)
-        summary = MasksSummary(
-            written=[report.entry.name for report in reports],
-            already_done=done,
-            images=sum(report.entry.rows for report in reports),
-            failed=sum(len(report.failed) for report in reports),
-        )
-        manifest = refresh_manifest(config, generator, list(checksums))
-    summary.complete = manifest.complete
-    refuse_empty_result(summary, manifest, config.out)
+                reports = run_local(config, generator, plan, checksums, progress)
+        summary = _summary(plan, done, reports)
+        manifests = [refresh_manifest(output, list(checksums)) for output in outputs]
+    summary.complete = all(manifest.complete for manifest in manifests)
+    summary.raw = config.raw_folder(generator)
+    refuse_empty_result(summary, manifests[0], outputs[0].folder)
     return summary

@@ -2,11 +2,12 @@
 
 The pending image shards are read as one Ray dataset (`read_parquet`, order preserved);
 a pool of actors, each holding one generator (one actor per GPU where the cluster has
-GPUs, else up to `workers` CPU actors), labels batches of rows with the same
-`generate_outcomes` and `mask_row` the local engine uses (a GPU actor takes
-`GPU_ROWS_PER_CALL` rows per call and feeds them to its generator's `generate_batch`), and the driver streams the results back, shard by shard in their
-original order, through the same `write_mask_shard`.
-So mask shards, reports and the manifest are identical whichever engine made them.
+GPUs, else up to `workers` CPU actors), turns batches of rows into each output's rows with
+the same `generate_outcomes` and outputs (`pipeline.shard_outputs`) the local engine uses (a
+GPU actor takes `GPU_ROWS_PER_CALL` rows per call and feeds them to its generator's
+`regions_batch`), and the driver streams them back, shard by shard in their original order,
+through the same `write_outputs`. So shards, reports and manifests are identical whichever
+engine made them.
 
 `--ray-address`: empty starts a local instance; `ray://HOST:PORT` joins a cluster through
 the Ray client (the `ray[client]` extra, installed with the project; with Ray's token
@@ -18,6 +19,7 @@ server fails to start is asked for again, up to `CLIENT_ATTEMPTS` times.
 
 import importlib.util
 import logging
+import pickle
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
@@ -30,9 +32,8 @@ from ray.data import ActorPoolStrategy
 from tqdm import tqdm
 
 from pipeline.generators import build_generator
-from pipeline.manifest import RecordNote
-from pipeline.mask_labelling import ImageRecord, MasksConfig, ShardReport, decode_or_error, generate_outcomes, mask_row, write_mask_shard
-from pipeline.shards import MASK_SCHEMA
+from pipeline.mask_labelling import ImageRecord, MasksConfig, decode_or_error, generate_outcomes
+from pipeline.shard_outputs import Output, Plan, Rows, ShardReport, write_outputs
 
 CLIENT_PREFIX = "ray://"
 PROBE_TIMEOUT_S = 30  # a silent (firewalled) address fails after this, well within a minute
@@ -115,14 +116,17 @@ def _last_line(error: Exception) -> str:
 
 
 class MaskActor:
-    """Holds one generator (e.g. a SAM model on its GPU) and labels batches of image rows."""
+    """Holds one generator (e.g. a SAM model on its GPU) and turns batches of image rows into every output's rows.
 
-    def __init__(self, generator: str, options: tuple[tuple[str, Any], ...], max_label_map_bytes: int) -> None:
+    Each image's rows travel back pickled in one binary column, whatever the outputs' schemas.
+    """
+
+    def __init__(self, generator: str, options: tuple[tuple[str, Any], ...], max_label_map_bytes: int, outputs: list[Output]) -> None:
         self.generator = build_generator(generator, dict(options))
         self.max_label_map_bytes = max_label_map_bytes
+        self.outputs = outputs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        columns: dict[str, list] = {key: [] for key in (*MASK_SCHEMA.names, "failure", "path")}
         records = [
             ImageRecord(str(image_id), bytes(image["bytes"]), int(width), int(height))
             for image_id, image, width, height in zip(batch["id"], batch["image"], batch["width"], batch["height"])
@@ -132,13 +136,8 @@ class MaskActor:
         for start in range(0, len(records), step):
             chunk = records[start : start + step]
             outcomes += generate_outcomes(self.generator, chunk, [decode_or_error(record, self.max_label_map_bytes) for record in chunk])
-        for record, outcome, path in zip(records, outcomes, batch["path"]):
-            row, failure = mask_row(self.generator, record, outcome)
-            row["mask"] = row["mask"]["bytes"]
-            row.update(failure="" if failure is None else failure.reason, path=Path(str(path)).name)
-            for key, value in row.items():
-                columns[key].append(value)
-        return columns
+        rows = [pickle.dumps([output.row(record, outcome) for output in self.outputs]) for record, outcome in zip(records, outcomes)]
+        return {"rows": rows, "path": [Path(str(path)).name for path in batch["path"]]}
 
 
 def _actor_resources(workers: int) -> dict[str, Any]:
@@ -155,7 +154,7 @@ def _actor_resources(workers: int) -> dict[str, Any]:
     return {"compute": ActorPoolStrategy(size=size), "num_cpus": 1, "batch_size": 1}
 
 
-def _labelled_rows(config: MasksConfig, shards: list[Path]) -> Iterator[dict[str, Any]]:
+def _labelled_rows(config: MasksConfig, shards: list[Path], outputs: list[Output]) -> Iterator[dict[str, Any]]:
     """Rows of every shard in order (`preserve_order`), each tagged with its shard's file name."""
     dataset = (
         ray.data.read_parquet([str(path) for path in shards], include_paths=True)
@@ -163,7 +162,8 @@ def _labelled_rows(config: MasksConfig, shards: list[Path]) -> Iterator[dict[str
         .map_batches(
             MaskActor,
             fn_constructor_kwargs={
-                "generator": config.generator, "options": config.options, "max_label_map_bytes": config.max_label_map_bytes
+                "generator": config.generator, "options": config.options, "max_label_map_bytes": config.max_label_map_bytes,
+                "outputs": outputs,
             },
             batch_format="numpy",
             **_actor_resources(config.workers),
@@ -172,14 +172,12 @@ def _labelled_rows(config: MasksConfig, shards: list[Path]) -> Iterator[dict[str
     yield from dataset.iter_rows()
 
 
-def _shard_rows(rows: "PeekableRows", shard: str, progress: tqdm) -> Iterator[tuple[dict[str, Any], RecordNote | None]]:
-    """Take the rows of `shard` off the front of the stream."""
+def _shard_rows(rows: "PeekableRows", shard: str, wanted: list[int], progress: tqdm) -> Iterator[list[Rows]]:
+    """Take the rows of `shard` off the front of the stream: each image's rows of the outputs at `wanted`."""
     while rows.peek() is not None and rows.peek()["path"] == shard:
-        row = rows.pop()
-        mask_row = {key: row[key] for key in MASK_SCHEMA.names}
-        mask_row["mask"] = {"bytes": bytes(row["mask"]), "path": None}
+        image_rows = pickle.loads(rows.pop()["rows"])
         progress.update(1)
-        yield mask_row, (RecordNote(mask_row["id"], row["failure"]) if row["failure"] else None)
+        yield [image_rows[index] for index in wanted]
 
 
 class PeekableRows:
@@ -197,43 +195,43 @@ class PeekableRows:
         return row
 
 
-def _label_and_write(config: MasksConfig, shards: list[Path], checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
-    """The driver's side of the pipeline: stream labelled rows back and write them shard by shard."""
+def _label_and_write(config: MasksConfig, plan: Plan, checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
+    """The driver's side of the pipeline: stream every output's rows back and write them shard by shard."""
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    settings_hash = config.build_generator().settings_hash
-    rows = PeekableRows(_labelled_rows(config, shards))
-    reports = [
-        write_mask_shard(
-            config.out, shard, _shard_rows(rows, shard.name, progress), settings_hash, config.row_group_bytes, checksums[shard.name]
-        )
-        for shard in shards
-    ]
+    outputs = list({output.folder: output for _, needed in plan for output in needed}.values())
+    rows = PeekableRows(_labelled_rows(config, [shard for shard, _ in plan], outputs))
+    reports = []
+    for shard, needed in plan:
+        wanted = [[output.folder for output in outputs].index(need.folder) for need in needed]
+        image_rows = _shard_rows(rows, shard.name, wanted, progress)
+        reports += write_outputs(needed, shard.name, image_rows, config.row_group_bytes, checksums[shard.name])
     assert rows.peek() is None, "Ray returned rows of no pending shard"
     return reports
 
 
-def _on_the_cluster(config: MasksConfig, shards: list[Path], checksums: dict[str, str]) -> list[ShardReport]:
+def _on_the_cluster(config: MasksConfig, plan: Plan, checksums: dict[str, str]) -> list[ShardReport]:
     """`_label_and_write` as a task on the cluster, for Ray client drivers (Ray Data cannot run through the client)."""
     with tqdm(disable=True) as progress:
-        return _label_and_write(config, shards, checksums, progress)
+        return _label_and_write(config, plan, checksums, progress)
 
 
-def run_ray(config: MasksConfig, shards: list[Path], checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
-    """Mask `shards` on the Ray cluster at `config.ray_address` (a local instance when empty).
+def run_ray(config: MasksConfig, plan: Plan, checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
+    """Process the planned shards on the Ray cluster at `config.ray_address` (a local instance when empty).
 
     Through the Ray client (`ray://`) the driver's side runs as one task on the cluster,
     which reads IMAGES and writes OUT there: the cluster needs segpic installed and both
     folders on storage it shares (as IMAGES already must be for its read tasks); paths are made absolute.
     """
-    if not shards:
+    if not plan:
         return []
     connect(config.ray_address)
     if not config.ray_address.startswith(CLIENT_PREFIX):
-        return _label_and_write(config, shards, checksums, progress)
-    absolute = replace(config, images=config.images.resolve(), out=config.out.resolve())
+        return _label_and_write(config, plan, checksums, progress)
+    absolute = replace(config, images=config.images.resolve())
+    absolute_plan = [(shard.resolve(), [replace(output, folder=output.folder.resolve()) for output in needed]) for shard, needed in plan]
     task = ray.remote(num_cpus=0)(_on_the_cluster)
-    reports = ray.get(task.remote(absolute, [shard.resolve() for shard in shards], checksums))
-    progress.update(sum(report.entry.rows for report in reports))
+    reports = ray.get(task.remote(absolute, absolute_plan, checksums))
+    progress.update(sum(report.entry.rows for report in {report.entry.name: report for report in reports}.values()))
     return reports

@@ -3,11 +3,14 @@
 An image shard directory holds `part-00000-of-000NN.parquet` files plus `manifest.json`.
 Image shards have columns `id`, `image`, `width`, `height`; mask shards, written by the
 masks stage with the same file names and row order, have `id`, `mask` and per-image
-statistics. Encoded pictures live in the Hugging Face `Image` struct (`bytes`, `path`)
+statistics; raw mask shards, aligned the same way, have `id`, the image's `width` and
+`height`, and `masks`, the generator's masks before the label-map rule as COCO annotations
+(`pipeline.raw_mask_format`), or a `failure` reason. Encoded pictures live in the Hugging Face `Image` struct (`bytes`, `path`)
 and every schema carries the `huggingface` metadata, so `datasets.load_dataset("parquet")`
 decodes the columns without any code of ours. A `segpic` metadata entry records the
 kind of shard and `FORMAT_VERSION` (mask shards also the version of their label-map
-PNGs, `pipeline.label_map_format`), so readers can refuse files they do not understand.
+PNGs, `pipeline.label_map_format`; raw shards that of their masks), so readers can refuse
+files they do not understand.
 
 Files are written under `<name>.incomplete` and renamed into place when closed, so a
 killed writer never leaves a file that looks finished.
@@ -29,6 +32,10 @@ from pipeline.label_map_format import LABEL_MAP_FORMAT_VERSION
 FORMAT_VERSION = 1
 IMAGE_KIND = "images"
 MASK_KIND = "masks"
+RAW_KIND = "raw-masks"
+RAW_MASK_FORMAT_VERSION = 1
+"""Version of how raw masks are encoded (`pipeline.raw_mask_format`): 1, COCO compressed RLE per mask. Kept here,
+not there, so that the stages that only read images and label maps do not load the RLE codec."""
 SHARD_PATTERN = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 
 # The Hub's conventions: about 500 MB per file, about 100 MB per row group.
@@ -37,15 +44,23 @@ DEFAULT_ROW_GROUP_BYTES = 100 * 1024 * 1024
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
-_HF_VALUE_TYPES = {pa.string(): "string", pa.int32(): "int32", pa.float32(): "float32"}
+_HF_VALUE_TYPES = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float32(): "float32"}
+
+
+def _hf_feature(dtype: pa.DataType) -> dict[str, Any]:
+    """The Hugging Face feature description of a column type (pictures, values, lists and structs of them)."""
+    if dtype == IMAGE_STRUCT:
+        return {"_type": "Image"}
+    if pa.types.is_list(dtype):
+        return {"feature": _hf_feature(dtype.value_type), "_type": "List"}
+    if pa.types.is_struct(dtype):
+        return {field.name: _hf_feature(field.type) for field in dtype}
+    return {"dtype": _HF_VALUE_TYPES[dtype], "_type": "Value"}
 
 
 def _schema(kind: str, fields: Sequence[tuple[str, pa.DataType]], **versions: int) -> pa.Schema:
     """Attach the Hugging Face feature description and our own format tag (with `versions`) to `fields`."""
-    features = {
-        name: {"_type": "Image"} if dtype == IMAGE_STRUCT else {"dtype": _HF_VALUE_TYPES[dtype], "_type": "Value"}
-        for name, dtype in fields
-    }
+    features = {name: _hf_feature(dtype) for name, dtype in fields}
     metadata = {
         b"huggingface": json.dumps({"info": {"features": features}}).encode(),
         b"segpic": json.dumps({"kind": kind, "format_version": FORMAT_VERSION, **versions}).encode(),
@@ -70,7 +85,31 @@ MASK_SCHEMA = _schema(
     ],
     label_map_format_version=LABEL_MAP_FORMAT_VERSION,
 )
-SCHEMAS = {IMAGE_KIND: IMAGE_SCHEMA, MASK_KIND: MASK_SCHEMA}
+RAW_MASK_STRUCT = pa.struct(
+    [
+        ("segmentation", pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])),
+        ("bbox", pa.list_(pa.int32())),
+        ("area", pa.int64()),
+        ("predicted_iou", pa.float32()),
+        ("stability_score", pa.float32()),
+        ("prompt", pa.string()),
+        ("score", pa.float32()),
+    ]
+)
+RAW_SCHEMA = _schema(
+    RAW_KIND,
+    [
+        ("id", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("masks", pa.list_(RAW_MASK_STRUCT)),
+        ("failure", pa.string()),
+        ("generator", pa.string()),
+        ("settings_hash", pa.string()),
+    ],
+    raw_mask_format_version=RAW_MASK_FORMAT_VERSION,
+)
+SCHEMAS = {IMAGE_KIND: IMAGE_SCHEMA, MASK_KIND: MASK_SCHEMA, RAW_KIND: RAW_SCHEMA}
 
 # A mask row with `num_regions` FAILED_NUM_REGIONS marks an image the masks stage could not
 # label: its label map is all zero, and statistics and training leave it out.
@@ -133,7 +172,7 @@ def list_shards(directory: Path) -> list[Path]:
 
 
 def shard_kind(path: Path) -> str:
-    """`images` or `masks`, read from the file's `segpic` metadata; raises on foreign files."""
+    """`images`, `masks` or `raw-masks`, read from the file's `segpic` metadata; raises on foreign files."""
     metadata = open_parquet(path).schema_arrow.metadata or {}
     if b"segpic" not in metadata:
         raise ValueError(f"{path}: not a segpic shard (no segpic schema metadata)")
@@ -171,8 +210,22 @@ def read_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[dict
 
 
 def _row_bytes(row: dict[str, Any]) -> int:
-    """Approximate encoded size of a row: its binary payloads dominate everything else."""
-    return sum(len(value["bytes"] or b"") if isinstance(value, dict) else 64 for value in row.values())
+    """Approximate encoded size of a row: its binary payloads (pictures, a list's RLE strings) dominate everything else."""
+    return sum(
+        len(value["bytes"] or b"") if isinstance(value, dict) else _nested_bytes(value) if isinstance(value, list) else 64
+        for value in row.values()
+    )
+
+
+def _nested_bytes(value: Any) -> int:
+    """Size of a list column's content: its strings' lengths, 8 bytes for every other value."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_nested_bytes(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(_nested_bytes(item) for item in value)
+    return 8
 
 
 def _column_options(schema: pa.Schema) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`segpic verify`: check a shard directory (and its mask shards) end to end.
+"""`segpic verify`: check a shard directory (and its mask and raw-mask shards) end to end.
 
 Checks, collecting every problem rather than stopping at the first: the shard set is
 complete; the manifest lists exactly these files with matching row counts, sizes and
@@ -6,7 +6,8 @@ sha256, and its counts, settings hash and skip list agree with the shards (skipp
 images are absent, fixed ones present; a mask set's failures are exactly its failure
 marker rows, and each mask shard was made from the image shard beside it); each file
 is readable Parquet with the expected schema and metadata; ids are unique; every row decodes (images to their recorded width and height; label maps to the
-image's size with values below `num_regions`); and mask shards align with the image
+image's size with values below `num_regions`; raw masks to the image's size with their
+stored area and box, `pipeline.raw_checks`); and mask and raw shards align with the image
 shards (same file names, same ids in the same order).
 """
 
@@ -20,9 +21,11 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.manifest import MANIFEST_NAME, Manifest, read_manifest, settings_hash, shard_entry
+from pipeline.raw_checks import raw_row_problem
 from pipeline.shards import (
     IMAGE_KIND,
     MASK_KIND,
+    RAW_KIND,
     SCHEMAS,
     is_failure_marker,
     missing_shards,
@@ -37,10 +40,11 @@ MAX_ROW_PROBLEMS_PER_SHARD = 10
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    """An image shard directory and, optionally, its mask shard directory."""
+    """An image shard directory and, optionally, its mask and raw-mask shard directories."""
 
     images: Path
     masks: Path | None = None
+    raw: Path | None = None
 
 
 @dataclass
@@ -192,6 +196,13 @@ def _mask_problem(row: dict, size: tuple[int, int] | None) -> str | None:
     return None
 
 
+ROW_PROBLEMS = {
+    IMAGE_KIND: lambda row, size: _image_problem(row),
+    MASK_KIND: _mask_problem,
+    RAW_KIND: raw_row_problem,
+}
+
+
 def _check_directory(
     directory: Path, kind: str, images: ImageRows | None, report: VerifyReport
 ) -> tuple[ImageRows, Manifest | None]:
@@ -222,10 +233,10 @@ def _check_directory(
             if row["id"] in seen:
                 row_problems.append(f"{path}: duplicate id {row['id']!r}")
             seen.add(row["id"])
-            if kind == MASK_KIND and is_failure_marker(row["num_regions"]):
+            if (kind == MASK_KIND and is_failure_marker(row["num_regions"])) or (kind == RAW_KIND and row["failure"] is not None):
                 failed.add(row["id"])
             size = (expected[position][1], expected[position][2]) if expected is not None else None
-            problem = _image_problem(row) if kind == IMAGE_KIND else _mask_problem(row, size)
+            problem = ROW_PROBLEMS[kind](row, size)
             if problem:
                 row_problems.append(f"{path}: record {row['id']!r}: {problem}")
         report.problems += row_problems[:MAX_ROW_PROBLEMS_PER_SHARD]
@@ -237,14 +248,16 @@ def _check_directory(
 
 
 def verify(config: VerifyConfig) -> VerifyReport:
-    """Check the image shards and, when given, the mask shards against them."""
+    """Check the image shards and, when given, the mask and raw-mask shards against them."""
     report = VerifyReport()
     images, image_manifest = _check_directory(Path(config.images), IMAGE_KIND, None, report)
-    if config.masks is not None:
-        masks, mask_manifest = _check_directory(Path(config.masks), MASK_KIND, images, report)
-        if image_manifest is not None and mask_manifest is not None:
-            _check_made_from(Path(config.masks), mask_manifest, image_manifest, report)
-        for name in sorted(set(images) - set(masks)):
+    for folder, kind in ((config.masks, MASK_KIND), (config.raw, RAW_KIND)):
+        if folder is None:
+            continue
+        shards, manifest = _check_directory(Path(folder), kind, images, report)
+        if image_manifest is not None and manifest is not None:
+            _check_made_from(Path(folder), manifest, image_manifest, report)
+        for name in sorted(set(images) - set(shards)):
             if not any(name in problem for problem in report.problems):
-                report.problems.append(f"{config.masks}: no mask shard for image shard {name}")
+                report.problems.append(f"{folder}: no {kind} shard for image shard {name}")
     return report

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from pipeline.raw_mask_format import RawMasks, dense_raw_masks
 from pipeline.sample import sample_photo_paths
 
 
@@ -37,3 +38,9 @@ def tiny_sam(seed: int = 0) -> Sam:
         ),
     )
     return sam.eval()
+
+
+def records_as_raw_masks(records: list[dict], height: int, width: int) -> RawMasks:
+    """Stock automatic-mask-generator records (binary `segmentation`, `predicted_iou`) as raw masks, in their order."""
+    masks = np.stack([record["segmentation"] for record in records]) if records else np.zeros((0, height, width), dtype=bool)
+    return dense_raw_masks(masks, predicted_ious=[record["predicted_iou"] for record in records])

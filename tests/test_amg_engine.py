@@ -11,8 +11,8 @@ from pipeline.generators.agreement import label_map_agreement, prompt_mask_ious
 from pipeline.generators.amg_engine import AmgEngine, AmgSettings
 from pipeline.generators.prompt_models import PromptableSegmenter
 from pipeline.generators.sam_segmenter import SamSegmenter, use_sdpa_attention
-from pipeline.label_maps import LabelMapRule, RegionMask, masks_to_label_map
-from random_sams import photo, tiny_sam
+from pipeline.label_maps import LabelMapRule, label_map_from_raw
+from random_sams import photo, records_as_raw_masks, tiny_sam
 
 SETTINGS = {
     "every candidate": dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0),
@@ -36,6 +36,11 @@ def photos() -> list[np.ndarray]:
 
 def stock_masks(sam, settings: dict, image: np.ndarray) -> list[dict]:
     return SamAutomaticMaskGenerator(sam, **settings).generate(image)
+
+
+def label_maps(engine: AmgEngine, images: list[np.ndarray], rule: LabelMapRule) -> list:
+    """The rule applied to the engine's raw masks of each image."""
+    return [label_map_from_raw(raw, rule) for raw in engine.raw_masks(images)]
 
 
 class OutOfMemoryOnce(PromptableSegmenter):
@@ -78,28 +83,27 @@ def test_exact_mode_returns_stock_masks_in_stock_order_for_a_batch(name, photos,
 
 def test_label_maps_painted_on_the_device_equal_the_rule_applied_to_stock_masks(photos, one_torch_thread):
     sam, settings, rule = tiny_sam(1), SETTINGS["crops and small regions"], LabelMapRule(speck_area=8, max_regions=40)
-    results = AmgEngine(SamSegmenter(sam), AmgSettings(**settings), image_batch=2).label_maps(photos, rule)
+    results = label_maps(AmgEngine(SamSegmenter(sam), AmgSettings(**settings), image_batch=2), photos, rule)
     for image, result in zip(photos, results):
-        stock = [RegionMask.from_full(m["segmentation"], m["predicted_iou"]) for m in stock_masks(sam, settings, image)]
-        expected = masks_to_label_map(stock, *image.shape[:2], rule)
+        expected = label_map_from_raw(records_as_raw_masks(stock_masks(sam, settings, image), *image.shape[:2]), rule)
         assert np.array_equal(result.label_map, expected.label_map)
         assert result.stats == expected.stats
 
 
 def test_a_batch_of_different_sizes_gives_the_label_maps_of_one_image_at_a_time(photos, one_torch_thread):
     engine = AmgEngine(SamSegmenter(tiny_sam(2)), AmgSettings(**SETTINGS["every candidate"]), image_batch=3)
-    together = engine.label_maps(photos, LabelMapRule())
+    together = label_maps(engine, photos, LabelMapRule())
     for image, result in zip(photos, together):
-        alone = engine.label_maps([image], LabelMapRule())[0]
+        alone = label_maps(engine, [image], LabelMapRule())[0]
         assert np.array_equal(result.label_map, alone.label_map) and result.stats == alone.stats
 
 
 def test_out_of_memory_halves_the_batches_and_changes_nothing(photos, one_torch_thread):
     sam, settings = tiny_sam(), AmgSettings(**SETTINGS["crops and small regions"])
-    expected = AmgEngine(SamSegmenter(sam), settings, image_batch=4).label_maps(photos, LabelMapRule())
+    expected = label_maps(AmgEngine(SamSegmenter(sam), settings, image_batch=4), photos, LabelMapRule())
     flaky = OutOfMemoryOnce(SamSegmenter(sam), crops=1, prompts=9)
     engine = AmgEngine(flaky, settings, image_batch=4)
-    results = engine.label_maps(photos, LabelMapRule())
+    results = label_maps(engine, photos, LabelMapRule())
     assert engine.image_batch == 1 and engine.prompt_batch == 8 and flaky.failures == 3
     for ours, theirs in zip(results, expected):
         assert np.array_equal(ours.label_map, theirs.label_map)
@@ -142,8 +146,8 @@ def test_fast_mode_runs_on_the_cpu_and_its_agreement_with_exact_mode_is_measured
     ious = prompt_mask_ious(exact, fast, image, points)
     assert ious.shape == (len(points) * 3,) and np.all((0 <= ious) & (ious <= 1))
     assert np.median(ious) > 0.5
-    exact_maps = AmgEngine(exact, settings).label_maps(photos, LabelMapRule())
-    fast_maps = AmgEngine(fast, settings, all_prompts=True).label_maps(photos, LabelMapRule())
+    exact_maps = label_maps(AmgEngine(exact, settings), photos, LabelMapRule())
+    fast_maps = label_maps(AmgEngine(fast, settings, all_prompts=True), photos, LabelMapRule())
     for ours, theirs in zip(fast_maps, exact_maps):
         assert 0.0 < label_map_agreement(ours.label_map, theirs.label_map) <= 1.0
 
@@ -161,5 +165,5 @@ def test_an_image_where_no_candidate_survives_gets_a_label_map_of_uncovered_regi
     assert stock_masks(tiny_sam(), vars(settings), photos[0]) == []
     found = AmgEngine(SamSegmenter(tiny_sam()), settings).masks(photos[:1])[0]
     assert found.masks.shape == (0, *photos[0].shape[:2])
-    result = AmgEngine(SamSegmenter(tiny_sam()), settings).label_maps(photos[:1], LabelMapRule())[0]
+    result = label_maps(AmgEngine(SamSegmenter(tiny_sam()), settings), photos[:1], LabelMapRule())[0]
     assert result.stats.num_regions == 1 and result.stats.coverage == 0.0 and np.isnan(result.stats.mean_iou)

@@ -56,6 +56,21 @@ def test_data_stage_commands_load_neither_the_model_nor_compressai(photos, tmp_p
     assert imports_after(["mask-stats", str(masks), "--out", str(tmp_path / "stats.json")], tmp_path) == ""
 
 
+def test_raw_mask_commands_load_neither_torch_nor_the_model(sample_image_shards, tmp_path):
+    raw = tmp_path / "raw"
+    result = CliRunner().invoke(app, ["masks", str(sample_image_shards), "--raw", str(raw), "--generator", "grid", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert imports_after(["repaint", str(raw), "--out", str(tmp_path / "labels"), "--no-progress"], tmp_path) == ""
+    assert imports_after(["export-masks", str(raw), "--out", str(tmp_path / "coco.json")], tmp_path) == ""
+    assert imports_after(["verify", str(sample_image_shards), "--raw", str(raw)], tmp_path) == ""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"sam": {"model": "vit_b", "max_regions": 64}}))
+    args = ["split-settings", f"{params}:sam", "--network", str(tmp_path / "n.json"), "--rule", str(tmp_path / "r.json")]
+    assert imports_after(args, tmp_path) == ""
+    assert json.loads((tmp_path / "n.json").read_text()) == {"model": "vit_b"}
+    assert json.loads((tmp_path / "r.json").read_text()) == {"max_regions": 64}
+
+
 def test_manifest_holds_no_timings_and_its_own_version(sample_image_shards):
     data = json.loads((sample_image_shards / MANIFEST_NAME).read_text())
     assert data["format_version"] == MANIFEST_VERSION

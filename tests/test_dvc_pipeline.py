@@ -27,11 +27,13 @@ PROJECT = Path(__file__).resolve().parents[1]
 LAMBDAS = yaml.safe_load((PROJECT / "params.yaml").read_text())["train"]["lambdas"]  # those with warm starts
 SOURCE = "felzenszwalb"
 INGEST = {"ingest", "ingest-eval"}
+SETTINGS = {f"mask-settings@{SOURCE}"}
 MASKS = {f"masks@{SOURCE}"}
+REPAINT = {f"repaint@{SOURCE}"}
 TRAIN_MASKS = {f"train@{SOURCE}-{lmbda}" for lmbda in LAMBDAS}
 TRAIN_GRID = {f"train-grid@{lmbda}" for lmbda in LAMBDAS}
 EVAL = {f"eval@{SOURCE}", "eval-grid"}
-ALL_STAGES = INGEST | MASKS | TRAIN_MASKS | TRAIN_GRID | EVAL | {"compare"}
+ALL_STAGES = INGEST | SETTINGS | MASKS | REPAINT | TRAIN_MASKS | TRAIN_GRID | EVAL | {"compare"}
 
 
 def run(args: list[str], cwd: Path, with_stderr: bool = True) -> str:
@@ -51,11 +53,15 @@ def stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
-def stages_to_run(study: Path) -> set[str]:
+def stages_to_run(study: Path, first: set[str] = frozenset()) -> set[str]:
     """What `dvc repro` would run now: the stages `dvc status` finds changed, and all downstream of them.
 
-    (A dry run lists only the first: it cannot know which outputs will change.)
+    (A dry run lists only the first: it cannot know which outputs will change.) The stages
+    `first` are run before looking (the cheap settings stages, whose outputs decide what the
+    rest depends on) and are not listed.
     """
+    if first:
+        run(["dvc", "repro", "--single-item", *sorted(first)], study)
     changed = sorted(json.loads(run(["dvc", "status", "--json"], study, with_stderr=False)))
     if not changed:
         return set()
@@ -153,14 +159,15 @@ def test_second_repro_does_nothing_and_status_is_clean(study):
 
 @pytest.mark.slow
 def test_data_stage_outputs_are_reproducible_and_timings_kept_apart(study):
-    manifests = [study / "data" / "images" / "manifest.json", study / "data" / "masks" / SOURCE / "manifest.json"]
+    manifests = [study / "data" / folder / "manifest.json" for folder in ("images", f"raw/{SOURCE}", f"masks/{SOURCE}")]
     for manifest in manifests:
         assert "seconds" not in manifest.read_text(), manifest
-    for name in ("ingest", f"masks-{SOURCE}"):
+    for name in ("ingest", f"masks-{SOURCE}", f"repaint-{SOURCE}"):
         timings = json.loads((study / "data" / "timings" / f"{name}.json").read_text())
         assert timings["seconds"] > 0 and timings["images"] == 3
     # Running the data stages again from scratch gives the same bytes: nothing downstream is invalidated.
-    assert stages_run(run(["dvc", "repro", "--force", "--single-item", "ingest", f"masks@{SOURCE}"], study)) == {"ingest"} | MASKS
+    data_stages = ["ingest", f"mask-settings@{SOURCE}", f"masks@{SOURCE}", f"repaint@{SOURCE}"]
+    assert stages_run(run(["dvc", "repro", "--force", "--single-item", *data_stages], study)) == set(data_stages)
     assert "up to date" in run(["dvc", "status"], study)
 
 
@@ -175,10 +182,11 @@ def test_every_parameter_reaches_a_stage():
 
 
 @pytest.mark.slow
-def test_a_mask_stage_tracks_only_its_own_generator_settings(study):
+def test_only_the_settings_stage_tracks_a_generators_settings_block(study):
     lock = yaml.safe_load((study / "dvc.lock").read_text())["stages"]
-    settings = [key for key in lock[f"masks@{SOURCE}"]["params"]["params.yaml"] if key.startswith("masks.settings")]
-    assert settings == [f"masks.settings.{SOURCE}"]
+    tracked = {name: [key for key in stage.get("params", {}).get("params.yaml", {}) if key.startswith("masks.settings")]
+               for name, stage in lock.items()}
+    assert {name: keys for name, keys in tracked.items() if keys} == {f"mask-settings@{SOURCE}": [f"masks.settings.{SOURCE}"]}
 
 
 def _leaves(tree: dict, prefix: str = "") -> list[str]:
@@ -195,12 +203,22 @@ def test_a_generator_setting_marks_only_its_own_stages(study):
     original = (study / "params.yaml").read_text()
     try:
         edit_params(study, lambda params: params["masks"]["settings"][SOURCE].update(scale=300.0))
-        assert stages_to_run(study) == MASKS | TRAIN_MASKS | {f"eval@{SOURCE}", "compare"}
-        (study / "params.yaml").write_text(original)
+        assert stages_to_run(study) == SETTINGS | MASKS | REPAINT | TRAIN_MASKS | {f"eval@{SOURCE}", "compare"}
+        assert stages_to_run(study, first=SETTINGS) == MASKS | REPAINT | TRAIN_MASKS | {f"eval@{SOURCE}", "compare"}
+        restore_params(study, original)
+        edit_params(study, lambda params: params["masks"]["settings"][SOURCE].update(max_regions=64))
+        assert stages_to_run(study, first=SETTINGS) == REPAINT | TRAIN_MASKS | {f"eval@{SOURCE}", "compare"}  # not the generator
+        restore_params(study, original)
         edit_params(study, lambda params: params["masks"]["settings"]["sam"].update(points_per_side=16))
         assert stages_to_run(study) == set()
     finally:
-        (study / "params.yaml").write_text(original)
+        restore_params(study, original)
+
+
+def restore_params(study: Path, original: str) -> None:
+    """Put params.yaml back, and the settings stages' outputs with it (a test may have run them on an edit)."""
+    (study / "params.yaml").write_text(original)
+    run(["dvc", "repro", "--single-item", *SETTINGS], study)
 
 
 @pytest.mark.slow
@@ -208,7 +226,8 @@ def test_editing_code_marks_the_stages_that_run_it(study):
     for module, marked in [
         ("model/rat.py", TRAIN_MASKS | TRAIN_GRID | EVAL | {"compare"}),
         ("model/training/objective.py", TRAIN_MASKS | TRAIN_GRID | EVAL | {"compare"}),
-        ("pipeline/generators/felzenszwalb.py", MASKS | TRAIN_MASKS | {f"eval@{SOURCE}", "compare"}),
+        ("pipeline/generators/felzenszwalb.py", MASKS | REPAINT | TRAIN_MASKS | {f"eval@{SOURCE}", "compare"}),
+        ("pipeline/repaint.py", REPAINT | TRAIN_MASKS | {f"eval@{SOURCE}", "compare"}),
         ("model/bdrate.py", {"compare"}),
     ]:
         path = study / module

@@ -43,9 +43,15 @@ def test_unknown_generator_and_option_are_refused_by_name():
 
 
 def test_grid_cells_are_equal_blocks_numbered_row_by_row():
-    result = build_generator("grid", {"grid": "2"}).generate(np.zeros((6, 8, 3), np.uint8), "x")
+    # 12-pixel cells: under the default speck_area, which merges them (ingest keeps no image this small)
+    result = build_generator("grid", {"grid": "2", "speck_area": "0"}).generate(np.zeros((6, 8, 3), np.uint8), "x")
     assert result.label_map.tolist() == [[0] * 4 + [1] * 4] * 3 + [[2] * 4 + [3] * 4] * 3
     assert result.stats.num_regions == 4 and result.stats.coverage == 1.0
+
+
+def test_the_default_grid_keeps_its_cells_on_the_smallest_image_ingest_keeps():
+    result = build_generator("grid").generate(np.zeros((64, 64, 3), np.uint8), "x")
+    assert result.stats.num_regions == 16 and np.bincount(result.label_map.ravel()).tolist() == [256] * 16
 
 
 def test_felzenszwalb_partitions_a_photo_into_canonical_regions():

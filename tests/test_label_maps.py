@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 
 from pipeline.label_map_format import decode_label_map, encode_label_map
-from pipeline.label_maps import (
-    LabelMapRule,
-    RegionMask,
-    canonical_relabel,
-    masks_to_label_map,
-    merge_small_regions,
-)
+from pipeline.label_maps import LabelMapRule, canonical_relabel, label_map_from_raw, merge_small_regions
+from pipeline.raw_mask_format import dense_raw_masks
 
 NO_CLEANUP = LabelMapRule(speck_area=0, max_regions=65536)
+
+
+def rule_on(masks: list[np.ndarray], ious: list[float], rule: LabelMapRule):
+    """The rule applied to binary masks with these predicted IoUs, in this order."""
+    return label_map_from_raw(dense_raw_masks(np.stack(masks), predicted_ious=ious), rule)
 
 
 def box_mask(height: int, width: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -22,10 +22,9 @@ def box_mask(height: int, width: int, y0: int, y1: int, x0: int, x1: int) -> np.
 
 
 def test_small_masks_stay_on_top_of_large_ones_whatever_the_input_order():
-    large = RegionMask.from_full(box_mask(20, 20, 0, 20, 0, 20), 0.9)
-    small = RegionMask.from_full(box_mask(20, 20, 5, 10, 5, 10), 0.5)
-    for masks in ([large, small], [small, large]):
-        result = masks_to_label_map(masks, 20, 20, NO_CLEANUP)
+    large, small = box_mask(20, 20, 0, 20, 0, 20), box_mask(20, 20, 5, 10, 5, 10)
+    for masks, ious in (([large, small], [0.9, 0.5]), ([small, large], [0.5, 0.9])):
+        result = rule_on(masks, ious, NO_CLEANUP)
         assert result.stats.num_regions == 2
         inside = result.label_map[5:10, 5:10]
         assert (inside == inside[0, 0]).all() and (result.label_map[0, 0] != inside[0, 0])
@@ -33,17 +32,15 @@ def test_small_masks_stay_on_top_of_large_ones_whatever_the_input_order():
 
 
 def test_equal_areas_paint_the_higher_iou_mask_first_so_the_other_keeps_the_overlap():
-    first = RegionMask.from_full(box_mask(10, 10, 0, 10, 0, 5), 0.2)
-    overlapping = RegionMask.from_full(box_mask(10, 10, 0, 10, 3, 8), 0.8)
-    result = masks_to_label_map([first, overlapping], 10, 10, NO_CLEANUP)
+    first, overlapping = box_mask(10, 10, 0, 10, 0, 5), box_mask(10, 10, 0, 10, 3, 8)
+    result = rule_on([first, overlapping], [0.2, 0.8], NO_CLEANUP)
     # Higher IoU is painted first, so the lower-IoU mask owns the overlap (columns 3-4).
     assert result.label_map[0, 3] == result.label_map[0, 0]
     assert result.label_map[0, 5] != result.label_map[0, 0]
 
 
 def test_uncovered_pixels_form_one_region_per_connected_area_and_coverage_counts_them():
-    masks = [RegionMask.from_full(box_mask(10, 12, 0, 10, 4, 8), 0.7)]  # a vertical band splits the holes
-    result = masks_to_label_map(masks, 10, 12, NO_CLEANUP)
+    result = rule_on([box_mask(10, 12, 0, 10, 4, 8)], [0.7], NO_CLEANUP)  # a vertical band splits the holes
     assert result.stats.num_regions == 3
     assert result.label_map[0, 0] != result.label_map[0, 11]
     assert result.stats.coverage == pytest.approx(40 / 120)
@@ -74,9 +71,9 @@ def test_canonical_relabel_numbers_regions_by_first_appearance():
 
 def test_rule_is_deterministic_and_every_pixel_gets_a_label():
     rng = np.random.default_rng(0)
-    masks = [RegionMask.from_full(rng.random((32, 32)) > 0.7, float(rng.random())) for _ in range(8)]
-    first = masks_to_label_map(masks, 32, 32, LabelMapRule(speck_area=8, max_regions=5))
-    second = masks_to_label_map(list(masks), 32, 32, LabelMapRule(speck_area=8, max_regions=5))
+    masks, ious = [rng.random((32, 32)) > 0.7 for _ in range(8)], rng.random(8).tolist()
+    first = rule_on(masks, ious, LabelMapRule(speck_area=8, max_regions=5))
+    second = rule_on(list(masks), list(ious), LabelMapRule(speck_area=8, max_regions=5))
     assert np.array_equal(first.label_map, second.label_map)
     assert first.label_map.min() == 0 and first.label_map.max() == first.stats.num_regions - 1 <= 4
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.label_map_format import decode_label_map
 from pipeline.cli import app
-from pipeline.generators.grid import GridGenerator
+from pipeline.generators.grid import GridConfig, GridGenerator
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.manifest import Manifest, read_manifest, shard_entry, write_manifest
 from pipeline.masks import MasksConfig, make_masks
@@ -81,9 +81,9 @@ def test_datasets_decodes_mask_shards(sample_image_shards, tmp_path):
 
 
 def test_a_run_killed_mid_way_resumes_to_the_same_shards(sample_image_shards, tmp_path, monkeypatch):
-    make_masks(grid_config(sample_image_shards, tmp_path / "reference"))
+    make_masks(grid_config(sample_image_shards, tmp_path / "reference", keep_raw=True))
     calls = {"count": 0}
-    original = GridGenerator.generate
+    original = GridGenerator.regions
 
     def dies_on_the_sixth_image(self, image, image_id):
         calls["count"] += 1
@@ -91,18 +91,20 @@ def test_a_run_killed_mid_way_resumes_to_the_same_shards(sample_image_shards, tm
             raise KeyboardInterrupt  # the process is stopped mid-shard
         return original(self, image, image_id)
 
-    monkeypatch.setattr(GridGenerator, "generate", dies_on_the_sixth_image)
+    monkeypatch.setattr(GridGenerator, "regions", dies_on_the_sixth_image)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        make_masks(grid_config(sample_image_shards, out))
+        make_masks(grid_config(sample_image_shards, out, keep_raw=True))
     finished = sorted(path.name for path in out.glob("*.parquet"))
     assert 0 < len(finished) < 3 and not list(out.glob("*.incomplete"))
+    assert sorted(path.name for path in (tmp_path / "resumed-raw").glob("*.parquet")) == finished  # raw shards with them
     (out / "part-00002-of-00003.parquet.incomplete").write_bytes(b"left by a SIGKILL")
-    monkeypatch.setattr(GridGenerator, "generate", original)
-    summary = make_masks(grid_config(sample_image_shards, out))
+    monkeypatch.setattr(GridGenerator, "regions", original)
+    summary = make_masks(grid_config(sample_image_shards, out, keep_raw=True))
     assert summary.already_done == finished
-    assert shard_bytes(out) == shard_bytes(tmp_path / "reference")
-    assert not list(out.glob("*.incomplete")) and read_manifest(out).complete
+    for folder in ("", "-raw"):
+        assert shard_bytes(tmp_path / f"resumed{folder}") == shard_bytes(tmp_path / f"reference{folder}")
+        assert not list((tmp_path / f"resumed{folder}").glob("*.incomplete")) and read_manifest(tmp_path / f"resumed{folder}").complete
 
 
 def test_other_settings_into_a_finished_directory_are_refused(sample_image_shards, tmp_path):
@@ -121,14 +123,14 @@ def test_job_array_jobs_write_disjoint_shards_and_the_last_completes_the_set(sam
 
 
 def test_a_failing_image_keeps_its_row_and_is_listed_in_the_manifest(sample_image_shards, tmp_path, monkeypatch):
-    original = GridGenerator.generate
+    original = GridGenerator.regions
 
     def fails_on_coffee(self, image, image_id):
         if image_id.startswith("coffee"):
             raise RuntimeError("model crashed")
         return original(self, image, image_id)
 
-    monkeypatch.setattr(GridGenerator, "generate", fails_on_coffee)
+    monkeypatch.setattr(GridGenerator, "regions", fails_on_coffee)
     summary = make_masks(grid_config(sample_image_shards, tmp_path))
     assert summary.failed == 1 and summary.complete
     rows = [row for rows in mask_tables(tmp_path).values() for row in rows]
@@ -295,3 +297,31 @@ def test_an_image_whose_label_map_would_not_fit_is_recorded_as_failed(sample_ima
     assert failed["motorcycle_left.png"] == f"LabelMapTooLarge: 741x500 needs a 2964000-byte label map, over the {limit}-byte limit"
     assert decode_label_map(rows["hubble_deep_field.jpg"]["mask"]["bytes"], "test").shape == (872, 1000)
     assert rows["rocket.jpg"]["num_regions"] == 16  # the grid generator's default 4x4 cells
+
+
+class RawKeepingGrid(GridGenerator):
+    """`grid` with the SAM family's default of keeping raw masks."""
+
+    keeps_raw_masks = True
+
+
+def test_a_generator_that_keeps_raw_masks_writes_them_beside_out_unless_told_not_to(sample_image_shards, tmp_path):
+    generator = RawKeepingGrid(GridConfig(grid=3))
+    summary = make_masks(grid_config(sample_image_shards, tmp_path / "labels"), generator)
+    assert summary.raw == tmp_path / "labels-raw" and read_manifest(summary.raw).kind == "raw-masks"
+    assert [path.name for path in list_shards(summary.raw)] == [path.name for path in list_shards(sample_image_shards)]
+    assert make_masks(grid_config(sample_image_shards, tmp_path / "plain", keep_raw=False), generator).raw is None
+    assert make_masks(grid_config(sample_image_shards, tmp_path / "grid")).raw is None  # grid keeps none by default
+    assert not (tmp_path / "plain-raw").exists() and not (tmp_path / "grid-raw").exists()
+    args = ["masks", str(sample_image_shards), "--out", str(tmp_path / "kept"), "--generator", "grid", "--keep-raw", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and f"raw masks in {tmp_path / 'kept-raw'}; set complete" in result.output, result.output
+
+
+def test_raw_masks_added_to_a_finished_set_leave_its_label_maps_as_they_were(sample_image_shards, tmp_path):
+    make_masks(grid_config(sample_image_shards, tmp_path / "labels"))
+    before = snapshot(tmp_path / "labels")
+    summary = make_masks(grid_config(sample_image_shards, tmp_path / "labels", raw=tmp_path / "raw"))
+    assert len(summary.written) == 3 and snapshot(tmp_path / "labels") == before
+    assert make_masks(grid_config(sample_image_shards, tmp_path / "labels", raw=tmp_path / "raw")).already_done == summary.written
+    assert verify(VerifyConfig(images=sample_image_shards, masks=tmp_path / "labels", raw=tmp_path / "raw")).ok

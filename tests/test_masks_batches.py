@@ -21,11 +21,11 @@ class BatchingGrid(GridGenerator):
         self.calls: list[list[str]] = []
         self.fail_on = fail_on
 
-    def generate_batch(self, images, image_ids):
+    def regions_batch(self, images, image_ids):
         self.calls.append(list(image_ids))
         if self.fail_on in image_ids:
             raise ValueError(f"cannot segment {self.fail_on}")
-        return super().generate_batch(images, image_ids)
+        return super().regions_batch(images, image_ids)
 
 
 def shard_bytes(directory) -> dict[str, bytes]:
@@ -35,7 +35,8 @@ def shard_bytes(directory) -> dict[str, bytes]:
 def run_with(generator, images, out) -> None:
     config = MasksConfig(images=images, out=out, generator="grid", options=(("grid", "3"),))
     with tqdm(disable=True) as progress:
-        run_local(config, generator, list_shards(images), image_shard_checksums(images), progress)
+        plan = [(shard, config.outputs(generator)) for shard in list_shards(images)]
+        run_local(config, generator, plan, image_shard_checksums(images), progress)
 
 
 def test_batches_write_the_shards_of_one_image_at_a_time(sample_image_shards, tmp_path):

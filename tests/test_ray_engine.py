@@ -38,17 +38,18 @@ def test_ray_engine_writes_the_local_engines_shards(sample_image_shards, tmp_pat
         out = tmp_path / engine
         config = MasksConfig(
             images=sample_image_shards, out=out, generator="felzenszwalb",
-            options=(("scale", "800"), ("max_regions", "30")), engine=engine, workers=1,
+            options=(("scale", "800"), ("max_regions", "30")), engine=engine, workers=1, keep_raw=True,
         )
         return make_masks(config), out
 
     local_summary, local_out = run("local")
     ray_summary, ray_out = run("ray")
     assert ray_summary.written == local_summary.written and ray_summary.complete
-    assert [path.name for path in list_shards(ray_out)] == [path.name for path in list_shards(local_out)]
-    for path in list_shards(local_out):
-        assert (ray_out / path.name).read_bytes() == path.read_bytes()
-    assert read_manifest(ray_out).shards == read_manifest(local_out).shards
+    for ours, theirs in ((ray_out, local_out), (ray_summary.raw, local_summary.raw)):
+        assert [path.name for path in list_shards(ours)] == [path.name for path in list_shards(theirs)]
+        for path in list_shards(theirs):
+            assert (ours / path.name).read_bytes() == path.read_bytes()
+        assert read_manifest(ours).shards == read_manifest(theirs).shards
 
 
 IMPORT_WARNING_LINES = ("  warnings.warn(", "/")  # torch's FutureWarning on import, not ours

@@ -13,10 +13,11 @@ from pipeline.cli import app
 from pipeline.generators import build_generator
 from pipeline.generators.sam2 import build_sam21
 from pipeline.ingest import IngestConfig, ingest
-from pipeline.label_maps import RegionMask, masks_to_label_map
+from pipeline.label_maps import label_map_from_raw
 from pipeline.manifest import read_manifest
 from pipeline.shards import list_shards
-from random_sams import photo
+from random_sams import photo, records_as_raw_masks
+from repaint_checks import assert_repaint_writes_what_masks_wrote, overlapping_images, shard_bytes
 
 FEW_POINTS = {"points_per_side": "3", "pred_iou_thresh": "0", "stability_score_thresh": "0"}
 
@@ -40,8 +41,7 @@ def test_sam2_label_maps_apply_the_project_rule_to_the_official_generators_masks
     generator = build_generator("sam2", {**FEW_POINTS, "model": "tiny"}, model=tiny_sam21)
     result = generator.generate(image, "chelsea.png")
     records = SAM2AutomaticMaskGenerator(tiny_sam21, points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0).generate(image)
-    masks = [RegionMask.from_full(record["segmentation"], record["predicted_iou"]) for record in records]
-    expected = masks_to_label_map(masks, *image.shape[:2], generator.rule)
+    expected = label_map_from_raw(records_as_raw_masks(records, *image.shape[:2]), generator.rule)
     assert len(records) > 0 and np.array_equal(result.label_map, expected.label_map)
     assert result.stats == expected.stats
 
@@ -76,6 +76,7 @@ def test_sam2_masks_through_the_command_line_pass_verify_on_one_and_two_devices(
     monkeypatch.setenv("SEGPIC_CACHE", str(tmp_path / "cache"))
     settings = [f"sam2.{key}={value}" for key, value in FEW_POINTS.items()]
     settings += ["sam2.model=tiny", f"sam2.checkpoint={random_sam21_checkpoint}", "speck_area=16"]
+    settings += ["sam2.box_nms_thresh=1.0"]  # keeps overlapping masks: where the label-map rule decides
     outputs = {}
     for name, devices in (("one", "cpu"), ("two", "cpu,cpu")):
         out = tmp_path / name
@@ -86,6 +87,9 @@ def test_sam2_masks_through_the_command_line_pass_verify_on_one_and_two_devices(
         assert verified.exit_code == 0, verified.output
         outputs[name] = {path.name: path.read_bytes() for path in list_shards(out)}
     assert outputs["one"] == outputs["two"] and len(outputs["one"]) == len(list_shards(four_image_shards)) >= 2
+    raw = tmp_path / "one-raw"  # kept by default for the SAM family
+    assert shard_bytes(tmp_path / "two-raw") == shard_bytes(raw) and all(overlapping_images(raw))
+    assert_repaint_writes_what_masks_wrote(four_image_shards, tmp_path / "one", raw, {"speck_area": 16}, tmp_path / "repainted")
     manifest = read_manifest(tmp_path / "one")
     assert manifest.settings["generator"] == "sam2"
     assert manifest.settings["weights"] == {"sha256": hashlib.sha256(random_sam21_checkpoint.read_bytes()).hexdigest()}

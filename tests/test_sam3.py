@@ -6,6 +6,7 @@ saved as a `sam3.pt` that the command loads; only the package's CPU hole filler 
 """
 
 import gzip
+import json
 import types
 from pathlib import Path
 
@@ -22,11 +23,13 @@ from pipeline.generators import build_generator
 from pipeline.generators.sam3_network import DeviceRedirect, build_sam3, check_checkpoint, clip_vocabulary
 from pipeline.generators.sam3_segmenter import Sam3Segmenter
 from pipeline.ingest import IngestConfig, ingest
-from pipeline.label_maps import LabelMapRule, RegionMask, masks_to_label_map
+from pipeline.label_maps import LabelMapRule, label_map_from_raw
+from pipeline.raw_mask_format import dense_raw_masks
 from pipeline.mask_labelling import decode_rgb
 from pipeline.shards import list_shards, read_rows
 from random_sam3 import save_as_sam3_checkpoint, small_sam3_builder
-from random_sams import photo
+from random_sams import photo, records_as_raw_masks
+from repaint_checks import assert_repaint_writes_what_masks_wrote, overlapping_images
 
 RULE = LabelMapRule(speck_area=4, max_regions=64)
 # Random weights predict IoUs near 0.5: the thresholds keep some candidates and drop others.
@@ -126,8 +129,7 @@ def reference_label_map(model: torch.nn.Module, image: np.ndarray, settings: dic
         patch.setattr(stock_amg, "SamPredictor", PredictInstPredictor)
         records = stock_amg.SamAutomaticMaskGenerator(model, **settings).generate(image)
     assert records, "the reference found no mask: the test would compare empty maps"
-    masks = [RegionMask.from_full(record["segmentation"], record["predicted_iou"]) for record in records]
-    return masks_to_label_map(masks, *image.shape[:2], RULE).label_map
+    return label_map_from_raw(records_as_raw_masks(records, *image.shape[:2]), RULE).label_map
 
 
 def test_points_mode_through_segpic_masks_equals_stock_amg_over_predict_inst(sam3, image_shards, tmp_path, one_torch_thread):
@@ -141,6 +143,17 @@ def test_points_mode_through_segpic_masks_equals_stock_amg_over_predict_inst(sam
         ours = decode_label_map(row["mask"]["bytes"], row["id"])
         assert row["num_regions"] > 1
         np.testing.assert_array_equal(ours, reference_label_map(model, image, POINTS))
+
+
+def test_points_mode_raw_masks_overlap_and_repaint_writes_segpic_masks_label_maps(sam3, image_shards, tmp_path, one_torch_thread):
+    _, checkpoint = sam3
+    overlapping = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    result = run_masks(image_shards, tmp_path / "masks", checkpoint, overlapping)
+    assert result.exit_code == 0, result.output
+    raw = tmp_path / "masks-raw"  # kept by default for the SAM family
+    assert overlapping_images(raw) == [True, True]
+    rule = {"speck_area": RULE.speck_area, "max_regions": RULE.max_regions}
+    assert_repaint_writes_what_masks_wrote(image_shards, tmp_path / "masks", raw, rule, tmp_path / "repainted")
 
 
 def test_points_mode_over_crops_equals_stock_amg_over_predict_inst(sam3, one_torch_thread):
@@ -160,6 +173,19 @@ def test_concepts_mode_through_segpic_masks_with_points_filling_the_rest(sam3, i
     assert_verified(image_shards, tmp_path / "masks")
     rows = [row for _, row in mask_rows(image_shards, tmp_path / "masks")]
     assert len(rows) == 2 and all(row["num_regions"] > 1 and 0.0 < row["coverage"] <= 1.0 for row in rows)
+    raw = tmp_path / "masks-raw"
+    rule = {"speck_area": RULE.speck_area, "max_regions": RULE.max_regions}
+    assert_repaint_writes_what_masks_wrote(image_shards, tmp_path / "masks", raw, rule, tmp_path / "repainted")
+    kept = [mask for path in list_shards(raw) for row in read_rows(path) for mask in row["masks"]]
+    concepts = [mask for mask in kept if mask["prompt"] is not None]
+    filled = [mask for mask in kept if mask["prompt"] is None]
+    assert {mask["prompt"] for mask in concepts} <= {"cat", "object"} and concepts and filled
+    assert all(mask["score"] > CONCEPTS["confidence_threshold"] and mask["predicted_iou"] is None for mask in concepts)
+    assert all(mask["score"] is None and mask["predicted_iou"] is not None and mask["stability_score"] is not None for mask in filled)
+    exported = CliRunner().invoke(app, ["export-masks", str(raw), "--out", str(tmp_path / "coco.json")])
+    assert exported.exit_code == 0, exported.output
+    annotations = json.loads((tmp_path / "coco.json").read_text())["annotations"]
+    assert sorted(annotation["prompt"] for annotation in annotations if "prompt" in annotation) == sorted(m["prompt"] for m in concepts)
 
 
 def test_concept_instances_ranked_by_score_make_the_label_map(sam3, one_torch_thread):
@@ -180,7 +206,9 @@ def test_concept_instances_ranked_by_score_make_the_label_map(sam3, one_torch_th
             instances += [(float(score), mask[0].numpy()) for score, mask in zip(found["scores"], found["masks"])]
     assert instances, "no instance above the threshold: lower it for these random weights"
     ranked = sorted(instances, key=lambda instance: -instance[0])  # stable: prompt order breaks ties
-    expected = masks_to_label_map([RegionMask.from_full(mask, score) for score, mask in ranked], *image.shape[:2], RULE)
+    expected = label_map_from_raw(
+        dense_raw_masks(np.stack([mask for _, mask in ranked]), scores=[score for score, _ in ranked]), RULE
+    )
     np.testing.assert_array_equal(ours.label_map, expected.label_map)
     assert ours.stats.mean_iou == pytest.approx(np.mean([score for score, _ in instances]))
 

@@ -3,6 +3,7 @@
 import io
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.manifest import MANIFEST_NAME, Manifest, RecordNote, shard_entry, write_manifest
-from pipeline.shards import IMAGE_SCHEMA, MASK_KIND, MASK_SCHEMA, ShardWriter, list_shards, read_rows, shard_name
+from pipeline.manifest import MANIFEST_NAME, Manifest, RecordNote, read_manifest, shard_entry, write_manifest
+from pipeline.shards import IMAGE_SCHEMA, MASK_KIND, MASK_SCHEMA, RAW_SCHEMA, ShardWriter, list_shards, read_rows, shard_name
 from pipeline.verify import VerifyConfig, verify
 
 runner = CliRunner()
@@ -193,3 +194,64 @@ def test_a_damaged_parquet_file_is_one_line_naming_it(images):
     result = runner.invoke(app, ["verify", str(images)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert any(str(shard) in line and "Parquet" in line for line in result.output.splitlines())
+
+
+@pytest.fixture
+def raw_masks(images, tmp_path):
+    """Raw masks of the sample shards (the grid's cells), made by `segpic masks --raw`."""
+    result = runner.invoke(app, ["masks", str(images), "--raw", str(tmp_path / "raw"), "--generator", "grid", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "raw"
+
+
+def test_raw_mask_shards_pass_beside_the_label_maps(images, raw_masks, tmp_path):
+    result = runner.invoke(app, ["repaint", str(raw_masks), "--out", str(tmp_path / "masks"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["verify", str(images), "--masks", str(tmp_path / "masks"), "--raw", str(raw_masks)])
+    assert result.exit_code == 0 and "verify: ok, 30 rows in 9 shards" in result.output, result.output
+
+
+def test_a_raw_shard_that_fails_its_checksum_is_named(images, raw_masks):
+    damaged = list_shards(raw_masks)[2]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    result = runner.invoke(app, ["verify", str(images), "--raw", str(raw_masks)])
+    assert result.exit_code == 1 and f"{damaged}: size or sha256 differs from the manifest" in result.output
+
+
+def rewrite_raw_shard(raw, change) -> None:
+    """Rewrite the first raw shard with `change` applied to its first row, and its manifest entry to match."""
+    shard = list_shards(raw)[0]
+    rows = list(read_rows(shard))
+    change(rows[0])
+    with ShardWriter(shard, RAW_SCHEMA) as writer:
+        for row in rows:
+            writer.write(row)
+    manifest = read_manifest(raw)
+    entries = [replace(shard_entry(shard, len(rows)), image_sha256=entry.image_sha256) if entry.name == shard.name else entry
+               for entry in manifest.shards]
+    write_manifest(raw, replace(manifest, shards=entries))
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda row: row["masks"][0]["segmentation"].update(counts="0"), "mask 1: RLE counts do not cover the"),
+        (lambda row: row["masks"][1].update(area=1), "mask 2: area 1 and bbox"),
+        (lambda row: row.update(width=row["width"] + 1), "raw masks are for a"),
+        (lambda row: row.update(failure="RuntimeError: injected"), "a failed image (RuntimeError: injected) with 16 mask(s)"),
+    ],
+)
+def test_raw_rows_that_do_not_decode_to_their_image_are_named(images, raw_masks, change, problem):
+    rewrite_raw_shard(raw_masks, change)
+    problems = verify(VerifyConfig(images, raw=raw_masks)).problems
+    first = next(read_rows(list_shards(raw_masks)[0]))["id"]
+    assert any(f"record {first!r}: {problem}" in line for line in problems), problems
+
+
+def test_raw_masks_made_from_other_image_shards_are_named(images, raw_masks):
+    edit_manifest(raw_masks, lambda manifest: manifest["shards"][0].update(image_sha256="0" * 64))
+    assert verify(VerifyConfig(images, raw=raw_masks)).problems == [
+        f"{raw_masks / shard_name(0, 3)}: made from another image shard than {shard_name(0, 3)} (sha256 differs)"
+    ]

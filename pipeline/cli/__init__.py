@@ -7,7 +7,10 @@ from pipeline.cli import codec
 from pipeline.cli import ingest
 from pipeline.cli import mask_stats
 from pipeline.cli import masks
+from pipeline.cli import repaint
+from pipeline.cli import split_settings
 from pipeline.cli import evaluate
+from pipeline.cli import export_masks
 from pipeline.cli import train
 from pipeline.cli import verify
 
@@ -29,6 +32,9 @@ app.command("eval")(evaluate.eval_command)
 app.command("compare")(evaluate.compare_command)
 app.command("mask-stats")(mask_stats.mask_stats)
 app.command("masks")(masks.masks)
+app.command("repaint")(repaint.repaint)
+app.command("export-masks")(export_masks.export_masks)
+app.command("split-settings")(split_settings.split_settings)
 
 
 @app.callback()

@@ -14,7 +14,7 @@ from typing import Any
 
 def read_file_value(reference: str, option: str) -> Any:
     """The value at DOTTED.KEY of FILE (the whole document without a key); errors name `option`, the file and key."""
-    import yaml
+    import yaml  # only when a command reads a file: `segpic --help` stays quick
 
     path_text, _, key = reference.rpartition(":") if ":" in reference else (reference, "", "")
     path = Path(path_text)
@@ -31,6 +31,20 @@ def read_file_value(reference: str, option: str) -> Any:
             raise ValueError(f"{option}: {path} has no key {key!r}")
         found = found[part]
     return found
+
+
+def file_settings(reference: str) -> tuple[tuple[str, Any], ...]:
+    """`--settings FILE[:DOTTED.KEY]` -> the settings mapping found there, as (name, value) pairs.
+
+    Lets a DVC stage hand a generator exactly its own block of params.yaml
+    (`params.yaml:masks.settings.sam`); values keep their YAML types.
+    """
+    found = read_file_value(reference, "--settings")
+    if found is None:
+        return ()
+    if not isinstance(found, dict):
+        raise ValueError(f"--settings: {reference} is not a mapping of KEY: VALUE settings")
+    return tuple((str(name).replace("-", "_"), value) for name, value in found.items())
 
 
 def read_names(reference: str, option: str) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""`segpic masks`: label maps for every image of an image shard directory, as aligned mask shards."""
+"""`segpic masks`: label maps and/or raw masks for every image of an image shard directory, as aligned shards."""
 
 import time
 from pathlib import Path
@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
-from pipeline.cli.file_values import read_file_value
+from pipeline.cli.file_values import file_settings
 from pipeline.cli.timings import TimingsOption, check_outside, write_timings
 
 
@@ -34,23 +34,9 @@ def _parse_settings(settings: list[str], generator: str) -> tuple[tuple[str, str
     return tuple(pairs)
 
 
-def _file_settings(reference: str) -> tuple[tuple[str, Any], ...]:
-    """`FILE` or `FILE:DOTTED.KEY` (YAML or JSON) -> the settings mapping found there, as pairs.
-
-    Lets a DVC stage hand a generator exactly its own block of params.yaml
-    (`params.yaml:masks.settings.sam`); values keep their YAML types.
-    """
-    found = read_file_value(reference, "--settings")
-    if found is None:
-        return ()
-    if not isinstance(found, dict):
-        raise ValueError(f"--settings: {reference} is not a mapping of KEY: VALUE settings")
-    return tuple((str(name).replace("-", "_"), value) for name, value in found.items())
-
-
 def masks(
     images: Annotated[Path, typer.Argument(help="Image shard directory (segpic ingest).")],
-    out: Annotated[Path, typer.Option(help="Mask shard directory to write (same shard names and row order).")],
+    out: Annotated[Path | None, typer.Option(help="Mask shard directory to write (same shard names and row order).")] = None,
     generator: Annotated[str, typer.Option(help="sam, sam2, sam3, felzenszwalb, grid or coco-panoptic.")] = "felzenszwalb",
     setting: Annotated[
         list[str] | None,
@@ -63,7 +49,7 @@ def masks(
             "sam2.model=tiny|small|base_plus|large (default: read from the checkpoint); "
             "sam3.checkpoint=PATH (sam3.pt), sam3.mode=points|concepts, sam3.prompts='person, dog' and every AMG setting; "
             "grid.grid=4; felzenszwalb.scale=400; coco-panoptic.panoptic_dir=DIR; "
-            "speck_area, max_regions (all).",
+            "speck_area, max_regions, min_predicted_iou, min_mask_area, max_masks, rank_masks_by (all: the label-map rule).",
         ),
     ] = None,
     settings: Annotated[
@@ -92,15 +78,25 @@ def masks(
     devices: Annotated[
         str, typer.Option(help="Local engine: comma-separated devices, one worker process each (cuda:0,cuda:1); sam/sam2 only.")
     ] = "",
+    raw: Annotated[
+        Path | None,
+        typer.Option(help="Raw mask shard directory to write (COCO RLE, for segpic repaint and export-masks); without --out, only these.")
+    ] = None,
+    keep_raw: Annotated[
+        bool | None,
+        typer.Option("--keep-raw/--no-raw", help="Keep raw masks beside OUT as OUT-raw (default: for sam, sam2, sam3).")
+    ] = None,
 ) -> None:
-    """Write OUT/part-*.parquet mask shards and OUT/manifest.json; re-running resumes."""
+    """Write OUT/part-*.parquet mask shards and OUT/manifest.json (and raw masks); re-running resumes."""
     from pipeline.mask_summary import summarize_mask_shards
     from pipeline.masks import MasksConfig, make_masks
 
     started = time.perf_counter()
     with exit_on_user_error():
-        check_outside(timings, out)
-        options = (_file_settings(settings) if settings else ()) + _parse_settings(setting or [], generator)
+        for folder in (out, raw):
+            if folder is not None:
+                check_outside(timings, folder)
+        options = (file_settings(settings) if settings else ()) + _parse_settings(setting or [], generator)
         config = MasksConfig(
             images=images,
             out=out,
@@ -114,14 +110,17 @@ def masks(
             **({} if max_label_map_bytes is None else {"max_label_map_bytes": max_label_map_bytes}),
             progress=progress,
             devices=tuple(device.strip() for device in devices.split(",")) if devices else (),
+            raw=raw,
+            keep_raw=keep_raw,
         )
         summary = make_masks(config)
         write_timings(timings, time.perf_counter() - started, summary.images)
-        stats = summarize_mask_shards(out, str(out)) if summary.complete else None
-    state = f"complete, {stats.summary()}" if stats else "incomplete (other jobs pending)"
+        stats = summarize_mask_shards(out, str(out)) if summary.complete and out is not None else None
+    state = ("complete" + (f", {stats.summary()}" if stats else "")) if summary.complete else "incomplete (other jobs pending)"
+    kept = f"; raw masks in {summary.raw}" if summary.raw is not None and out is not None else ""
     typer.echo(
-        f"{out}: wrote {len(summary.written)} shard(s), {summary.images} image(s), {summary.failed} failed; "
-        f"{len(summary.already_done)} shard(s) already done; set {state}"
+        f"{out or summary.raw}: wrote {len(summary.written)} shard(s), {summary.images} image(s), {summary.failed} failed; "
+        f"{len(summary.already_done)} shard(s) already done{kept}; set {state}"
     )
     warning = stats.warning() if stats else None
     if warning:

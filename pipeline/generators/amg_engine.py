@@ -11,9 +11,10 @@ Here, for any `PromptableSegmenter`:
 - box NMS, the crop-edge filter, cross-crop NMS and `min_mask_region_area` call the same
   segment-anything functions on the same tensors as stock, so the masks and their order are
   stock's (exact mode; `tests/test_amg_engine.py` checks this mask for mask);
-- masks stay on the device until the label map is painted there; one (H, W) map per image
-  comes back to the host, where hole filling and speck merging run on worker threads while
-  the device goes on with the next image.
+- masks stay on the device until they are run-length encoded (`raw_mask_format`), found there
+  as runs, so only their boundaries come back to the host; the label-map rule then runs on
+  the masks stage's threads while the device goes on with the next image. Stability scores
+  are kept with every mask (stock computes them for all), whether or not a threshold uses them.
 
 An out-of-memory error halves the number of crops encoded together (then the prompts
 decoded together) and retries; exact-mode results do not depend on either, so the output
@@ -22,7 +23,6 @@ is unchanged.
 
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,7 +39,7 @@ from segment_anything.utils.amg import (
 from torchvision.ops.boxes import batched_nms, box_area
 
 from pipeline.generators.prompt_models import PromptableSegmenter
-from pipeline.label_maps import LabelMapRule, MaskResult, RegionMask, label_painted_map, paint_order
+from pipeline.raw_mask_format import RawMasks, dense_raw_masks
 
 T = TypeVar("T")
 UPSCALE_ROWS = 192  # candidates upsampled to full size at once (stock's 64 points x 3): bounds memory in fast mode
@@ -68,14 +68,15 @@ class AmgSettings:
 
 @dataclass
 class ImageMasks:
-    """One image's final masks in stock AMG order: (n, H, W) bool on the device, predicted IoUs (n,)."""
+    """One image's final masks in stock AMG order: (n, H, W) bool on the device, predicted IoUs and stability scores (n,)."""
 
     masks: torch.Tensor
     iou_preds: torch.Tensor
+    stability_scores: torch.Tensor
 
-    def regions(self) -> list[RegionMask]:
-        """Host copies cut to their boxes (for comparisons; the label map does not need them)."""
-        return [RegionMask.from_full(mask, iou) for mask, iou in zip(self.masks.cpu().numpy(), self.iou_preds.tolist())]
+    def to_raw(self) -> RawMasks:
+        """The masks as raw masks (COCO RLE) with their scores."""
+        return dense_raw_masks(self.masks, predicted_ious=self.iou_preds.tolist(), stability_scores=self.stability_scores.tolist())
 
 
 @dataclass
@@ -86,6 +87,7 @@ class _CropMasks:
     masks: torch.Tensor  # (k, crop H, crop W) bool
     boxes: torch.Tensor  # (k, 4) xyxy inclusive
     iou_preds: torch.Tensor  # (k,)
+    stability_scores: torch.Tensor  # (k,)
 
 
 @dataclass(frozen=True)
@@ -123,23 +125,10 @@ class AmgEngine:
         """Each image's masks, as stock `SamAutomaticMaskGenerator.generate` returns them."""
         return self._run(images, lambda image, found: found)
 
-    def label_maps(self, images: Sequence[np.ndarray], rule: LabelMapRule, threads: int = 2) -> list[MaskResult]:
-        """Each image's label map (`pipeline.label_maps` rule), painted on the device, finished on `threads`."""
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            with torch.inference_mode():
-                pending = self._run(images, lambda image, found: self._paint(image, found, rule, pool))
-            return [future.result() for future in pending]
-
-    def _paint(self, image: np.ndarray, found: ImageMasks, rule: LabelMapRule, pool: ThreadPoolExecutor) -> Future:
-        """Paint largest first (ties: higher IoU, then earlier) on the device; finish the map on a thread."""
-        height, width = image.shape[:2]
-        areas = found.masks.sum(dim=(1, 2)).tolist()
-        ious = found.iou_preds.tolist()
-        painted = torch.zeros((height, width), dtype=torch.int32, device=found.masks.device)
-        for region_id, index in enumerate(paint_order(areas, ious), start=1):
-            painted.masked_fill_(found.masks[index], region_id)
-        host = painted.cpu().numpy()
-        return pool.submit(label_painted_map, host, len(ious), rule, ious)
+    @torch.inference_mode()
+    def raw_masks(self, images: Sequence[np.ndarray]) -> list[RawMasks]:
+        """Each image's masks as raw masks, encoded as soon as the image's last crop is decoded."""
+        return self._run(images, lambda image, found: found.to_raw())
 
     def _run(self, images: Sequence[np.ndarray], finish: Callable[[np.ndarray, ImageMasks], T]) -> list[T]:
         """Encode crops `image_batch` at a time; finish each image as soon as its last crop is decoded."""
@@ -196,56 +185,60 @@ class AmgEngine:
         points = torch.as_tensor(self.point_grids[job.layer] * np.array([[width, height]]), device=self.segmenter.device)
         step = self.prompt_batch or len(points)
         batches = [self._prompts(embedding, points[i : i + step], job.crop_box, image_size) for i in range(0, len(points), step)]
-        masks = torch.cat([batch[0] for batch in batches])
-        boxes = torch.cat([batch[1] for batch in batches])
-        iou_preds = torch.cat([batch[2] for batch in batches])
+        masks, boxes, iou_preds, stability = (torch.cat([batch[part] for batch in batches]) for part in range(4))
         keep = batched_nms(boxes.float(), iou_preds, torch.zeros_like(boxes[:, 0]), iou_threshold=self.settings.box_nms_thresh)
         x0, y0 = job.crop_box[0], job.crop_box[1]
         offset = torch.tensor([[x0, y0, x0, y0]], device=boxes.device)
-        return _CropMasks(job.crop_box, masks[keep], boxes[keep] + offset, iou_preds[keep])
+        return _CropMasks(job.crop_box, masks[keep], boxes[keep] + offset, iou_preds[keep], stability[keep])
 
     def _prompts(self, embedding: Any, points: torch.Tensor, crop_box: list[int], image_size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-        """(masks, boxes in crop coordinates, IoUs) of one prompt batch's surviving candidates."""
+        """(masks, boxes in crop coordinates, IoUs, stability scores) of one prompt batch's surviving candidates."""
         settings, segmenter = self.settings, self.segmenter
         min_iou = settings.pred_iou_thresh if settings.pred_iou_thresh > 0.0 else -math.inf  # stock filters only above 0
         low_res, iou_preds = segmenter.predict_candidates(embedding, points, min_iou)
-        masks, kept_ious = [], []
+        masks, kept_ious, kept_stability = [], [], []
         for start in range(0, len(low_res), UPSCALE_ROWS):
             logits, ious = segmenter.upscale(embedding, low_res[start : start + UPSCALE_ROWS]), iou_preds[start : start + UPSCALE_ROWS]
+            stability = calculate_stability_score(logits, segmenter.mask_threshold, settings.stability_score_offset)
             if settings.stability_score_thresh > 0.0:
-                stability = calculate_stability_score(logits, segmenter.mask_threshold, settings.stability_score_offset)
                 keep = stability >= settings.stability_score_thresh
-                logits, ious = logits[keep], ious[keep]
+                logits, ious, stability = logits[keep], ious[keep], stability[keep]
             masks.append(logits > segmenter.mask_threshold)
             kept_ious.append(ious)
-        masks = torch.cat(masks) if masks else torch.zeros((0, *_crop_size(crop_box)), dtype=torch.bool, device=low_res.device)
-        iou_preds = torch.cat(kept_ious) if kept_ious else iou_preds
+            kept_stability.append(stability)
+        if not masks:  # no candidate passed the predicted-IoU filter
+            masks, kept_ious, kept_stability = [torch.zeros((0, *_crop_size(crop_box)), dtype=torch.bool, device=low_res.device)], [iou_preds], [iou_preds]
+        masks, iou_preds, stability = torch.cat(masks), torch.cat(kept_ious), torch.cat(kept_stability)
         boxes = batched_mask_to_box(masks)
         keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]])
         if not torch.all(keep):
-            masks, boxes, iou_preds = masks[keep], boxes[keep], iou_preds[keep]
-        return masks, boxes, iou_preds
+            masks, boxes, iou_preds, stability = masks[keep], boxes[keep], iou_preds[keep], stability[keep]
+        return masks, boxes, iou_preds, stability
 
     def _merge_crops(self, crops: list[_CropMasks], image_size: tuple[int, int]) -> ImageMasks:
         """Stock `generate`'s tail: NMS across crops (smaller crops win), then `min_mask_region_area`."""
         height, width = image_size
         if len(crops) == 1 and crops[0].masks.shape[1:] == (height, width):
-            masks, boxes, iou_preds = crops[0].masks, crops[0].boxes, crops[0].iou_preds
+            masks, boxes = crops[0].masks, crops[0].boxes
         else:
             masks = torch.cat([_uncrop(crop.masks, crop.crop_box, height, width) for crop in crops])
             boxes = torch.cat([crop.boxes for crop in crops])
-            iou_preds = torch.cat([crop.iou_preds for crop in crops])
+        iou_preds = torch.cat([crop.iou_preds for crop in crops])
+        stability = torch.cat([crop.stability_scores for crop in crops])
         if len(crops) > 1:
             crop_boxes = torch.tensor([crop.crop_box for crop in crops for _ in range(len(crop.boxes))], device=boxes.device)
             scores = 1 / box_area(crop_boxes.reshape(-1, 4))
             keep = batched_nms(boxes.float(), scores, torch.zeros_like(boxes[:, 0]), iou_threshold=self.settings.crop_nms_thresh)
-            masks, boxes, iou_preds = masks[keep], boxes[keep], iou_preds[keep]
+            masks, boxes, iou_preds, stability = masks[keep], boxes[keep], iou_preds[keep], stability[keep]
         if self.settings.min_mask_region_area > 0:
-            masks, iou_preds = self._remove_small_regions(masks, iou_preds)
-        return ImageMasks(masks, iou_preds)
+            masks, keep = self._remove_small_regions(masks)
+            iou_preds, stability = iou_preds[keep.to(iou_preds.device)], stability[keep.to(stability.device)]
+        return ImageMasks(masks, iou_preds, stability)
 
-    def _remove_small_regions(self, masks: torch.Tensor, iou_preds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stock `postprocess_small_regions`: fill holes, drop islands (OpenCV, on the host), NMS preferring unchanged."""
+    def _remove_small_regions(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stock `postprocess_small_regions`: fill holes, drop islands (OpenCV, on the host), NMS preferring unchanged.
+
+        Returns the cleaned masks that survive and their indices among `masks`."""
         area = self.settings.min_mask_region_area
         cleaned, unchanged = [], []
         for mask in masks.cpu().numpy():
@@ -254,12 +247,12 @@ class AmgEngine:
             cleaned.append(torch.as_tensor(mask))
             unchanged.append(float(not (holes_changed or islands_changed)))
         if not cleaned:
-            return masks, iou_preds
+            return masks, torch.zeros(0, dtype=torch.long)
         full = torch.stack(cleaned)
         boxes = batched_mask_to_box(full)
         nms = max(self.settings.box_nms_thresh, self.settings.crop_nms_thresh)
         keep = batched_nms(boxes.float(), torch.as_tensor(unchanged), torch.zeros_like(boxes[:, 0]), iou_threshold=nms)
-        return full[keep].to(masks.device), iou_preds[keep.to(iou_preds.device)]
+        return full[keep].to(masks.device), keep
 
 
 def _cut(image: np.ndarray, crop_box: list[int]) -> np.ndarray:

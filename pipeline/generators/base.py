@@ -1,10 +1,11 @@
 """The one interface every mask generator implements, and the registry that names them.
 
-A generator turns one decoded image into a `MaskResult` (an integer label map covering
-every pixel, plus statistics). Its settings are a frozen dataclass (`Config`) plus the
-shared `LabelMapRule`; `settings()` is what a mask shard records and what its hash
-(`settings_hash`) identifies, so a resumed run can tell finished shards made with the same
-settings from foreign ones.
+A generator turns one decoded image into raw masks (`RawMasks`: what it found, before any
+label-map rule); the shared `LabelMapRule` (`pipeline.label_maps`) makes them a label map
+covering every pixel. Its settings are a frozen dataclass (`Config`) plus the rule:
+`network_settings()` is what its raw masks depend on and `settings()` what its label maps
+depend on; a shard records the hash of the one that made it (`settings_hash`), so a resumed
+run can tell finished shards made with the same settings from foreign ones.
 """
 
 import dataclasses
@@ -15,44 +16,48 @@ from typing import Any, ClassVar, get_type_hints
 
 import numpy as np
 
-from pipeline.label_maps import LabelMapRule, MaskResult
+from pipeline.label_maps import RULE_FIELDS, LabelMapRule, MaskResult, label_map_from_raw
 from pipeline.manifest import settings_hash
+from pipeline.raw_mask_format import RawMasks
 
 GENERATORS: dict[str, type["MaskGenerator"]] = {}
 LAZY_GENERATORS: dict[str, str] = {}  # name -> module that registers it when imported (heavy imports: torch, SAM)
-RULE_FIELDS = tuple(field.name for field in dataclasses.fields(LabelMapRule))
 
 
 class MaskGenerator(ABC):
-    """Image (H, W, 3) uint8 -> label map; subclasses set `name` and `Config` and register."""
+    """Image (H, W, 3) uint8 -> raw masks -> label map; subclasses set `name` and `Config` and register."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
-    batch_size: int = 1  # images the masks stage hands to `generate_batch` at once
+    batch_size: int = 1  # images the masks stage hands to `regions_batch` at once
+    keeps_raw_masks: ClassVar[bool] = False  # whether `segpic masks` keeps raw masks unless told otherwise
 
     def __init__(self, config: Any, rule: LabelMapRule = LabelMapRule()) -> None:
         self.config = config
         self.rule = rule
 
     @abstractmethod
-    def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
-        """Label map for `image`; `image_id` is the shard row's id (some sources match on it)."""
+    def regions(self, image: np.ndarray, image_id: str) -> RawMasks:
+        """Raw masks of `image`; `image_id` is the shard row's id (some sources match on it)."""
 
     def start(self) -> None:
-        """Load what `generate` needs (weights, folders) and raise if it cannot; the masks stage calls it once, first."""
+        """Load what `regions` needs (weights, folders) and raise if it cannot; the masks stage calls it once, first."""
 
-    def generate_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[MaskResult]:
-        """Label maps for several images (sizes may differ); generators that batch on a device override it."""
-        return [self.generate(image, image_id) for image, image_id in zip(images, image_ids)]
+    def regions_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[RawMasks]:
+        """Raw masks of several images (sizes may differ); generators that batch on a device override it."""
+        return [self.regions(image, image_id) for image, image_id in zip(images, image_ids)]
+
+    def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
+        """The label map of `image`: its raw masks through this generator's rule."""
+        return label_map_from_raw(self.regions(image, image_id), self.rule)
+
+    def network_settings(self) -> dict[str, Any]:
+        """Everything that decides the raw masks: generator, its config, `identity()`."""
+        return {"generator": self.name, "config": dataclasses.asdict(self.config), **self.identity()}
 
     def settings(self) -> dict[str, Any]:
-        """Everything that decides the output: generator, its config, the label-map rule."""
-        return {
-            "generator": self.name,
-            "config": dataclasses.asdict(self.config),
-            "rule": dataclasses.asdict(self.rule),
-            **self.identity(),
-        }
+        """Everything that decides the label maps: the network settings and the label-map rule."""
+        return self.rule.applied_to(self.network_settings())
 
     def identity(self) -> dict[str, Any]:
         """Extra settings that are not config fields (e.g. which weights); none by default."""

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.generators.base import MaskGenerator, register
-from pipeline.label_maps import MaskResult, finish_label_map
+from pipeline.raw_mask_format import RawMasks, partition_raw_masks
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ def panoptic_segment_ids(rgb: np.ndarray) -> np.ndarray:
 
 @register
 class CocoPanopticGenerator(MaskGenerator):
-    """Unlabelled pixels (id 0) form a region too; coverage is the share of labelled pixels."""
+    """Its segments are its raw masks; unlabelled pixels (id 0) are left uncovered, so each connected
+    unlabelled area becomes a region of its own (rule step 2) and coverage is the share of labelled pixels."""
 
     name = "coco-panoptic"
     Config = CocoPanopticConfig
@@ -45,7 +46,7 @@ class CocoPanopticGenerator(MaskGenerator):
     def png_path(self, image_id: str) -> Path:
         return Path(self.config.panoptic_dir) / f"{PurePosixPath(image_id).stem}.png"
 
-    def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
+    def regions(self, image: np.ndarray, image_id: str) -> RawMasks:
         path = self.png_path(image_id)
         if not path.is_file():
             raise ValueError(f"{image_id}: no panoptic PNG {path}")
@@ -53,5 +54,4 @@ class CocoPanopticGenerator(MaskGenerator):
             ids = panoptic_segment_ids(np.asarray(png.convert("RGB")))
         if ids.shape != image.shape[:2]:
             raise ValueError(f"{path}: panoptic PNG is {ids.shape[1]}x{ids.shape[0]}, image is {image.shape[1]}x{image.shape[0]}")
-        coverage = float((ids != 0).mean())
-        return finish_label_map(ids, self.rule, coverage=coverage, mean_iou=float("nan"))
+        return partition_raw_masks(ids, unlabelled=0)

@@ -6,7 +6,7 @@ import numpy as np
 from skimage.segmentation import felzenszwalb
 
 from pipeline.generators.base import MaskGenerator, register
-from pipeline.label_maps import MaskResult, finish_label_map
+from pipeline.raw_mask_format import RawMasks, partition_raw_masks
 
 
 @dataclass(frozen=True)
@@ -24,13 +24,13 @@ class FelzenszwalbConfig:
 
 @register
 class FelzenszwalbGenerator(MaskGenerator):
-    """Every pixel belongs to a segment, so coverage is 1; there is no predicted IoU (NaN)."""
+    """Its segments are its raw masks: every pixel belongs to one, so coverage is 1; there is no predicted IoU (NaN)."""
 
     name = "felzenszwalb"
     Config = FelzenszwalbConfig
 
-    def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
+    def regions(self, image: np.ndarray, image_id: str) -> RawMasks:
         segments = felzenszwalb(
             image, scale=self.config.scale, sigma=self.config.sigma, min_size=self.config.min_size, channel_axis=-1
         )
-        return finish_label_map(segments.astype(np.int32), self.rule, coverage=1.0, mean_iou=float("nan"))
+        return partition_raw_masks(segments)

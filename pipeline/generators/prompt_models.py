@@ -19,8 +19,8 @@ Contract details the engine relies on (adapters must keep them):
   candidates per call.
 
 How a generator uses it (see `sam.py`): `AmgEngine(segmenter, AmgSettings(...), image_batch=n,
-fast=...)`, then `engine.label_maps(images, rule)` in `generate_batch` (or `engine.masks(images)`
-for the masks themselves). `sam_family.CheckpointGenerator` / `CheckpointSettings` give the
+fast=...)`, then `engine.raw_masks(images)` in `regions_batch` (or `engine.masks(images)`
+for the masks themselves, on the device). `sam_family.CheckpointGenerator` / `CheckpointSettings` give the
 checkpoint, sha256 identity, device and batch-size handling; register the generator lazily in
 `pipeline/generators/__init__.py` with `register_lazy(name, module)` so the CLI starts without torch.
 """

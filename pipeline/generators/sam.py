@@ -4,11 +4,11 @@ Masks come from the batched engine (`amg_engine.AmgEngine`) over `SamSegmenter`:
 `mode=exact` (default) gives stock `SamAutomaticMaskGenerator`'s masks; `mode=fast` runs
 the encoder in bf16 with fused attention and (on a GPU) decodes all prompts of a crop at once
 (`compile=true` adds `torch.compile`); its agreement with exact mode is measured by
-`benchmarks/bench_masks.py`. Masks become a partition through the `pipeline.label_maps`
-rule, painted on the device. Weights: `checkpoint=PATH`, or the official file for
-`model` fetched into `cache_dir` and checked against its sha256; `model` (vit_b, vit_l,
-vit_h) may be left out and is then read from the checkpoint. Tests and benchmarks inject a
-model (`SamGenerator(config, rule, model=sam)`).
+`benchmarks/bench_masks.py`. Its raw masks are the engine's, run-length encoded on the device;
+the `pipeline.label_maps` rule makes them a partition. Weights: `checkpoint=PATH`, or the
+official file for `model` fetched into `cache_dir` and checked against its sha256; `model`
+(vit_b, vit_l, vit_h) may be left out and is then read from the checkpoint. Tests and
+benchmarks inject a model (`SamGenerator(config, rule, model=sam)`).
 """
 
 import dataclasses
@@ -27,7 +27,8 @@ from pipeline.generators.sam_checkpoints import CheckpointContents, load_checked
 from pipeline.generators.sam_family import MODES, CheckpointGenerator, CheckpointSettings
 from pipeline.generators.sam_segmenter import SamSegmenter
 from pipeline.generators.sam_weights import SAM_WEIGHTS
-from pipeline.label_maps import LabelMapRule, MaskResult
+from pipeline.label_maps import LabelMapRule
+from pipeline.raw_mask_format import RawMasks
 
 SAM_MODELS = ("vit_h", "vit_l", "vit_b")
 
@@ -90,8 +91,8 @@ class SamGenerator(CheckpointGenerator):
     def start(self) -> None:
         self.engine  # builds the network now: an unreadable or mismatched checkpoint fails here, once
 
-    def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
-        return self.generate_batch([image], [image_id])[0]
+    def regions(self, image: np.ndarray, image_id: str) -> RawMasks:
+        return self.regions_batch([image], [image_id])[0]
 
-    def generate_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[MaskResult]:
-        return self.engine.label_maps(images, self.rule)
+    def regions_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[RawMasks]:
+        return self.engine.raw_masks(images)

@@ -2,8 +2,8 @@
 
 The network is built from the package's own SAM 2.1 configs with `build_sam2` (no
 post-processing overrides, as the official automatic-mask example does) and masks come
-from its `SAM2AutomaticMaskGenerator`, one image at a time; they become a partition
-with the same `pipeline.label_maps` rule as `sam`. One change to the package's AMG: its
+from its `SAM2AutomaticMaskGenerator`, one image at a time, with their predicted IoUs and
+stability scores; they become a partition by the same `pipeline.label_maps` rule as `sam`. One change to the package's AMG: its
 predictor's low-resolution hole and sprinkle filling (enabled by `min_mask_region_area`)
 needs the optional CUDA extension and silently does nothing without it, so it is turned
 off and masks do not depend on how the package was built; `min_mask_region_area` still
@@ -28,7 +28,8 @@ from pipeline.generators.base import register
 from pipeline.generators.sam_checkpoints import CheckpointContents, load_checked
 from pipeline.generators.sam_family import CheckpointGenerator, CheckpointSettings
 from pipeline.generators.sam_weights import SAM21_WEIGHTS
-from pipeline.label_maps import LabelMapRule, MaskResult, RegionMask, masks_to_label_map
+from pipeline.label_maps import LabelMapRule
+from pipeline.raw_mask_format import RawMasks, dense_raw_masks
 
 SAM21_CONFIGS = {
     "tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -93,8 +94,12 @@ class Sam2Generator(CheckpointGenerator):
     def start(self) -> None:
         self.amg  # builds the network now: an unreadable or mismatched checkpoint fails here, once
 
-    def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
+    def regions(self, image: np.ndarray, image_id: str) -> RawMasks:
         with torch.inference_mode():
             records = self.amg.generate(image)
-        masks = [RegionMask.from_full(record["segmentation"], record["predicted_iou"]) for record in records]
-        return masks_to_label_map(masks, image.shape[0], image.shape[1], self.rule)
+        masks = np.stack([record["segmentation"] for record in records]) if records else np.zeros((0, *image.shape[:2]), dtype=bool)
+        return dense_raw_masks(
+            masks,
+            predicted_ious=[record["predicted_iou"] for record in records],
+            stability_scores=[record["stability_score"] for record in records],
+        )

@@ -6,9 +6,10 @@
   (`amg_engine.AmgEngine`) shared with `sam`; only the adapter (`sam3_segmenter`) differs.
 - `mode=concepts`: SAM 3's concept segmentation, once per text prompt of `prompts`
   (comma-separated noun phrases; the default names broad kinds of things and ends with
-  "object"). Instances scoring above `confidence_threshold` are ranked by score and become a
-  partition by the same label-map rule; with `fill_with_points=true`, pixels no concept
-  covers are filled with `points` masks (cut to those pixels). mean_iou is the mean of the
+  "object"). Instances scoring above `confidence_threshold` are ranked by score and kept as
+  raw masks with their prompt and score; the same label-map rule makes them a partition. With
+  `fill_with_points=true`, pixels no concept covers are filled with `points` masks (cut to
+  those pixels, with their predicted IoU and stability score). mean_iou is the mean of the
   concept scores (and, when filling, of the point masks' predicted IoUs).
 
 `fast=true` runs the network under bf16 autocast and (on a GPU) decodes all of a crop's prompts
@@ -35,8 +36,9 @@ from pipeline.generators.base import register
 from pipeline.generators.sam3_network import SAM3_WEIGHTS, check_checkpoint, check_vocabulary, clip_vocabulary, load_sam3
 from pipeline.generators.sam3_segmenter import Sam3Segmenter
 from pipeline.generators.sam_family import CheckpointGenerator, CheckpointSettings
-from pipeline.label_maps import LabelMapRule, MaskResult, RegionMask, masks_to_label_map
+from pipeline.label_maps import LabelMapRule
 from pipeline.manifest import file_sha256
+from pipeline.raw_mask_format import RawMasks, dense_raw_masks
 
 SAM3_MODES = ("points", "concepts")
 DEFAULT_PROMPTS = "person, animal, vehicle, building, furniture, plant, food, sky, ground, water, object"
@@ -115,8 +117,8 @@ class Sam3Generator(CheckpointGenerator):
         """The weights' and the text vocabulary's sha256 (the vocabulary decides how prompts are read)."""
         return {**super().identity(), "vocabulary": {"sha256": self._vocabulary_sha256}}
 
-    def settings(self) -> dict[str, Any]:
-        settings = super().settings()
+    def network_settings(self) -> dict[str, Any]:
+        settings = super().network_settings()
         for name in (*self._unused_fields(), "vocabulary"):  # the vocabulary is named by content in `identity`
             settings["config"].pop(name)
         return settings
@@ -127,28 +129,34 @@ class Sam3Generator(CheckpointGenerator):
             return CONCEPT_FIELDS
         return () if self.config.fill_with_points else AMG_FIELDS
 
-    def generate(self, image: np.ndarray, image_id: str) -> MaskResult:
-        return self.generate_batch([image], [image_id])[0]
+    def regions(self, image: np.ndarray, image_id: str) -> RawMasks:
+        return self.regions_batch([image], [image_id])[0]
 
-    def generate_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[MaskResult]:
+    def regions_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[RawMasks]:
         if self.config.mode == "points":
-            return self.engine.label_maps(images, self.rule)
-        return [self._concept_label_map(image) for image in images]
+            return self.engine.raw_masks(images)
+        return [self._concept_masks(image) for image in images]
 
-    def _concept_label_map(self, image: np.ndarray) -> MaskResult:
-        """Concept instances ranked by score (then points masks in the uncovered pixels) through the label-map rule."""
+    def _concept_masks(self, image: np.ndarray) -> RawMasks:
+        """Concept instances ranked by score with their prompts (then points masks cut to the uncovered pixels)."""
         segmenter = self.segmenter
         (embedding,) = segmenter.embed([image])
         found = segmenter.concepts(embedding, self.config.prompt_list, self.config.confidence_threshold)
-        masks = torch.cat([concept.masks for concept in found]).cpu()
+        masks = torch.cat([concept.masks for concept in found])
         scores = torch.cat([concept.scores for concept in found]).cpu()
-        order = torch.argsort(scores, descending=True, stable=True).tolist()
-        regions = [RegionMask.from_full(masks[index].numpy(), float(scores[index])) for index in order]
-        if self.config.fill_with_points:
-            uncovered = ~masks.any(dim=0).numpy()
-            points = self.engine.masks([image])[0]
-            for mask, iou in zip(points.masks.cpu().numpy(), points.iou_preds.tolist()):
-                remainder = mask & uncovered
-                if remainder.any():
-                    regions.append(RegionMask.from_full(remainder, iou))
-        return masks_to_label_map(regions, image.shape[0], image.shape[1], self.rule)
+        prompts = [prompt for prompt, concept in zip(self.config.prompt_list, found) for _ in range(len(concept.scores))]
+        order = torch.argsort(scores, descending=True, stable=True)
+        ranked = {"prompts": [prompts[index] for index in order.tolist()], "scores": scores[order].tolist()}
+        if not self.config.fill_with_points:
+            return dense_raw_masks(masks[order.to(masks.device)], **ranked)
+        points = self.engine.masks([image])[0]
+        remainders = points.masks & ~masks.any(dim=0).to(points.masks.device)
+        filled = remainders.flatten(1).any(dim=1).cpu()
+        none = [None] * int(filled.sum())
+        return dense_raw_masks(
+            torch.cat([masks[order.to(masks.device)].to(remainders.device), remainders[filled.to(remainders.device)]]),
+            prompts=ranked["prompts"] + none,
+            scores=ranked["scores"] + none,
+            predicted_ious=[None] * len(order) + points.iou_preds.cpu()[filled].tolist(),
+            stability_scores=[None] * len(order) + points.stability_scores.cpu()[filled].tolist(),
+        )

@@ -53,6 +53,7 @@ class CheckpointGenerator(MaskGenerator):
     """A generator whose network comes from `config.checkpoint` (or the official file for `config.model`)."""
 
     weights_family: ClassVar[WeightsFamily]
+    keeps_raw_masks = True  # the network pass is the expensive step: keep what it found
 
     def __init__(self, config: Any, rule: LabelMapRule, injected: torch.nn.Module | None) -> None:
         super().__init__(config, rule)
@@ -82,8 +83,8 @@ class CheckpointGenerator(MaskGenerator):
         """Which weights, by content: two files with the same name and size but other weights differ here."""
         return {"weights": self._weights}
 
-    def settings(self) -> dict[str, Any]:
-        settings = super().settings()
+    def network_settings(self) -> dict[str, Any]:
+        settings = super().network_settings()
         for where in LOCAL_FIELDS:
             settings["config"].pop(where)
         return settings
