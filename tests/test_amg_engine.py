@@ -7,10 +7,11 @@ import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 
-from pipeline.generators.agreement import label_map_agreement, prompt_mask_ious
-from pipeline.generators.amg_engine import AmgEngine, AmgSettings
-from pipeline.generators.prompt_models import PromptableSegmenter
-from pipeline.generators.sam_segmenter import SamSegmenter, use_sdpa_attention
+from pipeline.generators.sam_family.engine.agreement import label_map_agreement, prompt_mask_ious
+from pipeline.generators.sam_family.amg_settings import AmgSettings
+from pipeline.generators.sam_family.engine.amg import AmgEngine
+from pipeline.generators.sam_family.engine.segmenter import PromptableSegmenter
+from pipeline.generators.sam_family.sam.segmenter import SamSegmenter, use_sdpa_attention
 from pipeline.label_maps import LabelMapRule, label_map_from_raw
 from random_sams import photo, records_as_raw_masks, tiny_sam
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.generators.sam2 import build_sam21
+from pipeline.generators.sam_family.sam2.generator import build_sam21
 from pipeline.manifest import read_manifest
 from pipeline.shards import list_shards, read_rows
 from random_sams import photo

@@ -9,9 +9,9 @@ commands that never run SAM start without loading torch or segment-anything
 from pipeline.generators import coco_panoptic, felzenszwalb, grid
 from pipeline.generators.base import GENERATORS, MaskGenerator, build_generator, generator_class, generator_names, register, register_lazy
 
-register_lazy("sam", "pipeline.generators.sam")
-register_lazy("sam2", "pipeline.generators.sam2")
-register_lazy("sam3", "pipeline.generators.sam3")
+register_lazy("sam", "pipeline.generators.sam_family.sam.generator")
+register_lazy("sam2", "pipeline.generators.sam_family.sam2.generator")
+register_lazy("sam3", "pipeline.generators.sam_family.sam3.generator")
 
 __all__ = [
     "GENERATORS", "MaskGenerator", "build_generator", "generator_class", "generator_names", "register", "register_lazy",

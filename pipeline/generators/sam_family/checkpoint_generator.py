@@ -1,8 +1,8 @@
-"""What the SAM-family generators (`sam`, `sam2`) share: weights, device, batch size and their settings.
+"""What every SAM-family generator (`sam`, `sam2`, `sam3`) shares: weights, device, batch size and their settings.
 
 Each loads its network from a checkpoint on first use (a driver that only needs
 `settings_hash` never holds it) or takes an injected model (tests, benchmarks). What the
-checkpoint holds is read from its tensors when the generator is built (`sam_checkpoints`):
+checkpoint holds is read from its tensors when the generator is built (`checkpoints`):
 a file of another family or size stops the run before anything is written, and a `model`
 left out is taken from the file and recorded in the settings. Settings name the weights by
 sha256; where the file lives, the device and the batch size are left out because they do
@@ -16,12 +16,11 @@ from typing import Any, ClassVar
 import torch
 
 from pipeline.generators.base import MaskGenerator
-from pipeline.generators.sam_checkpoints import CheckpointContents, checked_model, identify_checkpoint
-from pipeline.generators.sam_weights import WeightsFamily, resolve_checkpoint, weights_sha256
+from pipeline.generators.sam_family.checkpoints import CheckpointContents, checked_model, identify_checkpoint
+from pipeline.generators.sam_family.weights import WeightsFamily, resolve_checkpoint, weights_sha256
 from pipeline.label_maps import LabelMapRule
 
 GPU_BATCH = 4  # images per encoder batch on a GPU; vit_h at 4 stays far below 24 GB
-MODES = ("exact", "fast")
 
 
 @dataclass(frozen=True)
