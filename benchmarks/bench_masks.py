@@ -54,7 +54,8 @@ from pipeline.generators.sam_family.sam.generator import SamGenerator
 from pipeline.generators.sam_family.sam.segmenter import SamSegmenter
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.label_maps import LabelMapRule, label_map_from_raw
-from pipeline.masks import MasksConfig, image_shard_checksums, run_local
+from pipeline.local_engine import run_local
+from pipeline.masks import MasksConfig, image_shard_checksums
 from pipeline.raw_mask_format import dense_raw_masks
 from pipeline.sample import sample_photo_paths
 from pipeline.shards import list_shards

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from model.architectures import build_model
 from model.checkpoints import save_codec, weights_hash
+from model.devices import resolve_device
 from model.training import distributed, speed
 from model.training.config import TrainConfig
 from model.training.dataset import TrainingData, build_training_data, pixels_to_unit
@@ -294,7 +295,7 @@ def run(config: TrainConfig, prepared: bool = False) -> dict:
     `prepared`: the launcher already checked the device and the run directory.
     """
     if not prepared:
-        distributed.resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
         if int(os.environ.get("RANK", "0")) == 0:  # other ranks would see rank 0's first files as another run
             check_warm_start(config)
             prepare_run_directory(config)
@@ -330,7 +331,7 @@ def train(config: TrainConfig) -> dict:
     """
     if distributed.in_process_group() or config.nproc == 1:
         return run(config)
-    distributed.resolve_device(config.device)
+    resolve_device(config.device)
     check_warm_start(config)
     prepare_run_directory(config)
     finished = finished_summary(config)
