@@ -15,7 +15,7 @@ from test_train import shards  # noqa: F401  (the module-scoped shard fixture)
 
 def run_and_report(config: TrainConfig) -> None:
     """One rank: train, then leave the hash of its final weights for the test to compare."""
-    summary = run(config)
+    summary = run(config).summary
     Path(config.out, f"rank{os.environ['RANK']}.json").write_text(json.dumps(summary))
 
 

@@ -65,14 +65,14 @@ def test_tiny_training_lowers_the_loss_on_the_sample(shards, tmp_path):
     config = tiny(shards, tmp_path, steps=30, val_every=30, checkpoint_every=30)
     torch.manual_seed(config.seed)
     untrained = build_model(config.arch, **config.model_args)
-    summary = train(config)
+    summary = train(config).summary
     trained = load_codec(config.checkpoint_path)
     assert summary["step"] == 30 and summary["nonfinite_steps"] == 0
     assert fixed_crops_loss(trained, config.lmbda) < 0.5 * fixed_crops_loss(untrained, config.lmbda)
 
 
 def test_a_run_writes_checkpoint_metrics_and_dvclive_plots(shards, tmp_path):
-    summary = train(tiny(shards, tmp_path, masks=False, steps=2))
+    summary = train(tiny(shards, tmp_path, masks=False, steps=2)).summary
     assert (tmp_path / "checkpoint.pt").is_file()
     assert (tmp_path / "metrics.json").is_file()
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
@@ -82,7 +82,7 @@ def test_a_run_writes_checkpoint_metrics_and_dvclive_plots(shards, tmp_path):
 
 
 def test_wacnn_baseline_trains_through_the_same_loop(shards, tmp_path):
-    summary = train(tiny(shards, tmp_path, masks=False, arch="wacnn", steps=2))
+    summary = train(tiny(shards, tmp_path, masks=False, arch="wacnn", steps=2)).summary
     assert type(load_codec(tmp_path / "checkpoint.pt")).__name__ == "WACNN"
     assert math.isfinite(summary["train"]["loss"])
 
@@ -139,8 +139,8 @@ def checkpoint_step(path: Path) -> int:
 
 def test_resuming_a_finished_run_changes_nothing_and_still_reports(shards, tmp_path):
     config = tiny(shards, tmp_path, steps=2)
-    first = train(config)
-    again = train(replace(config, resume=True))
+    first = train(config).summary
+    again = train(replace(config, resume=True)).summary
     assert again["step"] == 2 and again["weights_hash"] == first["weights_hash"]
     assert again["val"] == first["val"]
 

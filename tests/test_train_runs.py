@@ -44,14 +44,14 @@ def assert_one_line_error(result, *fragments: str) -> None:
 
 def test_a_folder_holding_a_run_needs_resume_or_overwrite(shards, tmp_path):  # noqa: F811
     config = tiny(shards, tmp_path, masks=False, steps=2)
-    first = train(config)
+    first = train(config).summary
     before = snapshot(tmp_path)
     with pytest.raises(ValueError, match="already holds a run .*--resume.*--overwrite"):
         train(replace(config, steps=3))
     assert snapshot(tmp_path) == before
     assert_one_line_error(cli(*tiny_cli(shards[0], tmp_path, "--steps", "3")), "already holds a run")
     assert snapshot(tmp_path) == before
-    again = train(replace(config, steps=3, seed=5, overwrite=True))
+    again = train(replace(config, steps=3, seed=5, overwrite=True)).summary
     assert again["step"] == 3 and again["weights_hash"] != first["weights_hash"]
     assert series_steps(tmp_path / "live", "train", "loss") == [3]  # nothing left of the first run's series
 
@@ -137,7 +137,7 @@ def test_resume_refuses_any_change_of_the_experiment(shards, tmp_path):  # noqa:
 def test_allowed_changes_take_effect_and_are_recorded(shards, tmp_path):  # noqa: F811
     config = tiny(shards, tmp_path, steps=2, plateau_patience=100)
     train(config)
-    summary = train(replace(config, steps=4, resume=True, lr=3e-4, allow_changes=("lr",)))
+    summary = train(replace(config, steps=4, resume=True, lr=3e-4, allow_changes=("lr",))).summary
     assert summary["config"]["lr"] == 3e-4 and summary["in_effect"]["lr"] == 3e-4
     assert summary["changes"] == [{"step": 2, "setting": "lr", "from": config.lr, "to": 3e-4}]
     saved = torch.load(config.checkpoint_path, weights_only=True)["training"]
@@ -145,7 +145,7 @@ def test_allowed_changes_take_effect_and_are_recorded(shards, tmp_path):  # noqa
     assert saved["experiment"]["lr"] == 3e-4 and saved["changes"] == summary["changes"]
     assert json.loads(config.metrics_path.read_text())["changes"] == summary["changes"]
     # The new rate is now the run's own: resuming with it needs no option, the old one is refused.
-    assert train(replace(config, steps=5, resume=True, lr=3e-4))["step"] == 5
+    assert train(replace(config, steps=5, resume=True, lr=3e-4)).step == 5
     with pytest.raises(ValueError, match="lr"):
         train(replace(config, steps=6, resume=True))
 
@@ -154,7 +154,7 @@ def test_resuming_a_finished_run_writes_nothing_and_says_so(shards, tmp_path):  
     config = tiny(shards, tmp_path, steps=2)
     train(config)
     before = snapshot(tmp_path)
-    assert train(replace(config, resume=True))["already_finished"]
+    assert train(replace(config, resume=True)).already_finished
     result = cli(*tiny_cli(shards[0], tmp_path, "--partition", f"masks:{shards[1]}", "--steps", "2", "--resume"))
     assert result.exit_code == 0, result.output
     assert "already finished at step 2" in result.output
