@@ -54,19 +54,20 @@ class CheckpointGenerator(MaskGenerator):
     weights_family: ClassVar[WeightsFamily]
     keeps_raw_masks = True  # the network pass is the expensive step: keep what it found
 
-    def __init__(self, config: Any, rule: LabelMapRule, injected: torch.nn.Module | None) -> None:
+    def __init__(self, config: Any, rule: LabelMapRule = LabelMapRule(), model: torch.nn.Module | None = None) -> None:
+        """`model`: a network to use instead of the checkpoint's (tests and benchmarks inject one)."""
         super().__init__(config, rule)
-        self.injected = injected
+        self.injected = model
         self.contents: CheckpointContents | None = None
-        if injected is not None:
+        if model is not None:
             self.checkpoint, self._weights = None, "injected"
-            self.device = next(injected.parameters()).device
+            self.device = next(model.parameters()).device
         else:
             self.checkpoint = resolve_checkpoint(self.weights_family, config.model, config.checkpoint, config.cache_dir, config.sha256)
             self.contents = identify_checkpoint(self.checkpoint)
-            model = checked_model(self.checkpoint, self.contents, self.name, self.weights_family, config.model)
+            size = checked_model(self.checkpoint, self.contents, self.name, self.weights_family, config.model)
             if any(field.name == "model" for field in fields(config)):  # SAM 3 has a single model and no such setting
-                self.config = replace(config, model=model)
+                self.config = replace(config, model=size)
             self._weights = {"sha256": weights_sha256(self.checkpoint)}
             self.device = pick_device(config.device)
 

@@ -24,8 +24,8 @@ from pipeline.raw_mask_format import RawMasks
 class EngineGenerator(CheckpointGenerator):
     """A SAM-family generator on `AmgEngine`: its config is `AmgSettings` plus `CheckpointSettings` and its own fields."""
 
-    def __init__(self, config: Any, rule: LabelMapRule, injected: torch.nn.Module | None) -> None:
-        super().__init__(config, rule, injected)
+    def __init__(self, config: Any, rule: LabelMapRule = LabelMapRule(), model: torch.nn.Module | None = None) -> None:
+        super().__init__(config, rule, model)
         self._segmenter: PromptableSegmenter | None = None
         self._engine: AmgEngine | None = None
 

@@ -25,7 +25,6 @@ from pipeline.generators.sam_family.checkpoints import CheckpointContents, load_
 from pipeline.generators.sam_family.engine.generator import EngineGenerator
 from pipeline.generators.sam_family.sam.segmenter import SamSegmenter
 from pipeline.generators.sam_family.weights import SAM_WEIGHTS
-from pipeline.label_maps import LabelMapRule
 
 SAM_MODELS = ("vit_h", "vit_l", "vit_b")
 MODES = ("exact", "fast")
@@ -63,9 +62,6 @@ class SamGenerator(EngineGenerator):
     name = "sam"
     Config = SamConfig
     weights_family = SAM_WEIGHTS
-
-    def __init__(self, config: SamConfig, rule: LabelMapRule = LabelMapRule(), model: Sam | None = None) -> None:
-        super().__init__(config, rule, model)
 
     @property
     def fast(self) -> bool:
