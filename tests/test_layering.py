@@ -15,6 +15,7 @@ Where two modules need each other, the choice between them belongs one level up 
 are). Libraries that only one place may use are named in `ONLY_IN`.
 """
 
+from pipeline.cli import app
 from import_graph import external_imports, import_graph, project_modules
 
 FORMATS = tuple(
@@ -148,3 +149,10 @@ def test_every_module_has_its_layer():
     assert layers["pipeline.cli.train"] == "commands" and layers["pipeline.shards"] == "formats"
     assert layers["model.training.trainer"] == "training" and layers["model.bitstream"] == "codec"
     assert layers["pipeline.generators.sam_family.engine.amg"] == "data stage" and layers["model.compare"] == "evaluation"
+
+
+def test_no_command_imports_another():
+    """A stage's command goes straight to its library function; what two commands share is a CLI helper module."""
+    commands = {command.callback.__module__ for command in app.registered_commands}
+    graph = import_graph()
+    assert [f"{module} imports {target}" for module in sorted(commands) for target in sorted(graph[module] & commands)] == []
