@@ -10,9 +10,10 @@ the layers `MAY_IMPORT` names for it, never others; imports made inside function
     codec        model/ (the rest)         networks, checkpoints, `.segpic` bitstreams, the device
     formats      pipeline/{shards, manifest, label_map_format, raw_mask_format, images, fast_png, torch_files, atomic_files}.py
 
-Where two modules need each other, the choice between them belongs one level up (as
-`pipeline.masks` chooses the engine that `pipeline.local_engine` and `pipeline.device_workers`
-are). Libraries that only one place may use are named in `ONLY_IN`.
+The data stage, training and evaluation stand side by side: none imports another. Where two
+modules need each other, the choice between them belongs one level up (as `pipeline.masks`
+chooses the engine that `pipeline.local_engine` and `pipeline.device_workers` are), and no
+command imports another command. Libraries that only one place may use are named in `ONLY_IN`.
 """
 
 from pipeline.cli import app
