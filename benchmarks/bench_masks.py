@@ -47,13 +47,15 @@ from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from tqdm import tqdm
 
-from pipeline.generators.agreement import label_map_agreement, prompt_mask_ious
-from pipeline.generators.amg_engine import AmgEngine, AmgSettings
-from pipeline.generators.sam import SamGenerator
-from pipeline.generators.sam_segmenter import SamSegmenter
+from pipeline.generators.sam_family.engine.agreement import label_map_agreement, prompt_mask_ious
+from pipeline.generators.sam_family.amg_settings import AmgSettings
+from pipeline.generators.sam_family.engine.amg import AmgEngine
+from pipeline.generators.sam_family.sam.generator import SamGenerator
+from pipeline.generators.sam_family.sam.segmenter import SamSegmenter
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.label_maps import LabelMapRule, label_map_from_raw
-from pipeline.masks import MasksConfig, image_shard_checksums, run_local
+from pipeline.local_engine import run_local
+from pipeline.masks import MasksConfig, image_shard_checksums
 from pipeline.raw_mask_format import dense_raw_masks
 from pipeline.sample import sample_photo_paths
 from pipeline.shards import list_shards
@@ -299,7 +301,7 @@ def add_sam3_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sam3_network(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    from pipeline.generators.sam3_network import build_sam3, clip_vocabulary, load_sam3
+    from pipeline.generators.sam_family.sam3.network import build_sam3, clip_vocabulary, load_sam3
 
     if args.sam3_checkpoint:
         return load_sam3(Path(args.sam3_checkpoint), clip_vocabulary(), device)
@@ -370,7 +372,7 @@ def sam21_iou_threshold(network: torch.nn.Module, images: list[np.ndarray], sett
 
 def _sam2_row(args: argparse.Namespace, images: list[np.ndarray], device: torch.device) -> tuple:
     """SAM 2.1 (`--sam2`, random weights) through the official automatic mask generator, in the realistic regime."""
-    from pipeline.generators.sam2 import Sam2Generator, build_sam21
+    from pipeline.generators.sam_family.sam2.generator import Sam2Generator, build_sam21
 
     network = build_sam21(args.sam2, device)
     base = AmgSettings(points_per_side=args.points_per_side, stability_score_thresh=0.0)
@@ -384,8 +386,8 @@ def sam3_comparison(args: argparse.Namespace) -> None:
 
     Rows are printed as they are measured, so a time limit that stops a later generator keeps the earlier ones.
     """
-    from pipeline.generators.sam3 import Sam3Generator
-    from pipeline.generators.sam3_segmenter import Sam3Segmenter
+    from pipeline.generators.sam_family.sam3.generator import Sam3Generator
+    from pipeline.generators.sam_family.sam3.segmenter import Sam3Segmenter
 
     device = torch.device(args.device)
     images = load_images(args.images, args.images_dir)

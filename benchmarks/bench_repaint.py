@@ -43,8 +43,8 @@ from segment_anything import sam_model_registry
 from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
 
 from pipeline.generators import build_generator
-from pipeline.generators.amg_engine import AmgSettings
-from pipeline.generators.sam_segmenter import SamSegmenter
+from pipeline.generators.sam_family.amg_settings import AmgSettings
+from pipeline.generators.sam_family.sam.segmenter import SamSegmenter
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.label_maps import RULE_FIELDS, LabelMapRule, label_map_from_raw, paint_order
 from pipeline.manifest import read_manifest

@@ -46,8 +46,8 @@ from PIL import Image
 
 from model.architectures import architecture_name
 from model.checkpoints import load_codec, weights_hash
+from model.devices import resolve_device
 from model.entropy_coding import LATENT_DOWNSAMPLING
-from model.training.distributed import resolve_device
 from pipeline.atomic_files import atomic_output, write_bytes_atomically
 from pipeline.images import ImageRejected, normalize_image, read_image
 

@@ -9,14 +9,13 @@ settings hash).
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pipeline.generators import MaskGenerator
+from pipeline.local_engine import run_local
 from pipeline.mask_labelling import MasksConfig
-from pipeline.masks import run_local
 from pipeline.shard_outputs import Output, Plan, ShardReport
 
 _worker_generator: MaskGenerator | None = None
@@ -39,9 +38,8 @@ def _start_worker(config: MasksConfig, devices: "multiprocessing.Queue[str]", to
 
 def _mask_shard(config: MasksConfig, shard: Path, outputs: list[Output], checksums: dict[str, str]) -> list[ShardReport]:
     assert _worker_generator is not None, "worker started without a generator"
-    single = replace(config, devices=())
     with tqdm(disable=True) as quiet:
-        return run_local(single, _worker_generator, [(shard, outputs)], checksums, quiet)
+        return run_local(config, _worker_generator, [(shard, outputs)], checksums, quiet)
 
 
 def run_on_devices(config: MasksConfig, plan: Plan, checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:

@@ -1,9 +1,10 @@
-"""The masks stage's per-image work and its configuration, shared by both engines (local and Ray).
+"""The masks stage's per-image work and its configuration, shared by every engine.
 
-`masks.py` plans a run (which shards, which checks) and `ray_engine.py` distributes it;
-both decode images, run the generator and turn its outcomes into shard rows
-(`pipeline.shard_outputs`) through the functions here, so the two engines write identical
-bytes and neither imports the other.
+`masks.py` plans a run (which shards, which checks) and chooses the engine: `local_engine.py`
+in this process, `device_workers.py` with one process per device, or `ray_engine.py` on a
+cluster. All of them decode images, run the generator and turn its outcomes into shard rows
+(`pipeline.shard_outputs`) through the functions here, so they write identical bytes and
+none imports another.
 """
 
 import io
@@ -83,7 +84,7 @@ class MasksConfig:
         """The configured generator; `device` (or the only entry of `devices`) overrides its device setting."""
         options = dict(self.options)
         if self.devices and "device" not in get_type_hints(generator_class(self.generator).Config):
-            raise ValueError(f"--devices needs a generator with a device setting (sam, sam2), not {self.generator!r}")
+            raise ValueError(f"--devices needs a generator with a device setting (sam, sam2, sam3), not {self.generator!r}")
         device = device or (self.devices[0] if len(self.devices) == 1 else None)
         if device is not None:
             options["device"] = device

@@ -25,30 +25,20 @@ p with p % N == I. Every job rewrites the manifests from all reports present; th
 marked complete once every image shard has its shards.
 """
 
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pipeline.generators import MaskGenerator
+from pipeline.local_engine import run_local
 from pipeline.manifest import Manifest
-from pipeline.mask_labelling import (
-    ImageRecord,
-    MasksConfig,
-    decode_or_error,
-    failure_reason,
-    generate_outcomes,
-    read_records,
-)
+from pipeline.mask_labelling import MasksConfig, failure_reason
 from pipeline.output_folder import ensure_output_folder, locked_output
-from pipeline.shard_outputs import MasksSummary, Outcome, Output, Plan, Rows, ShardReport, check_output_folder, finished, refresh_manifest, write_outputs
+from pipeline.shard_outputs import MasksSummary, Output, Plan, ShardReport, check_output_folder, finished, refresh_manifest
 from pipeline.shard_sets import read_complete_set
 from pipeline.shards import IMAGE_KIND, open_parquet
 
-PREFETCH_PER_WORKER = 4
 MAX_ERROR_CHARS = 300
 
 
@@ -86,57 +76,22 @@ def start_generator(generator: MaskGenerator) -> None:
         raise GeneratorUnavailable(f"mask generator {generator.name} cannot start: {reason}") from error
 
 
-def _decoded_batches(
-    image_shard: Path, pool: ThreadPoolExecutor, lookahead: int, batch_size: int, max_label_map_bytes: int
-) -> Iterator[list[tuple[ImageRecord, Future]]]:
-    """The shard's records in batches of `batch_size`, decoded on `pool` at least `lookahead` images ahead."""
-    queue: deque[tuple[ImageRecord, Future]] = deque()
-    for record in read_records(image_shard):
-        queue.append((record, pool.submit(decode_or_error, record, max_label_map_bytes)))
-        if len(queue) >= max(lookahead, batch_size):
-            yield [queue.popleft() for _ in range(batch_size)]
-    while queue:
-        yield [queue.popleft() for _ in range(min(batch_size, len(queue)))]
+def run_engine(config: MasksConfig, generator: MaskGenerator, plan: Plan, checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
+    """Mask the planned shards with the configured engine; the one place that chooses it.
 
+    Ray (`pipeline.ray_engine`, heavy to import, so only when chosen), one worker process per
+    `--devices` entry (`pipeline.device_workers`), or `generator` in this process
+    (`pipeline.local_engine`); each writes the same bytes.
+    """
+    if config.engine == "ray":
+        from pipeline.ray_engine import run_ray
 
-def _image_rows(outputs: list[Output], record: ImageRecord, outcome: Outcome) -> list[Rows]:
-    return [output.row(record, outcome) for output in outputs]
-
-
-def _local_rows(
-    generator: MaskGenerator, outputs: list[Output], image_shard: Path, pool: ThreadPoolExecutor, lookahead: int,
-    max_label_map_bytes: int, progress: tqdm,
-) -> Iterator[list[Rows]]:
-    """Each image's rows in order, a batch at a time; threads decode the next images and apply the
-    label-map rule and encode the previous batch's rows while the generator works."""
-    encoding: deque[list[Future]] = deque()
-    for batch in _decoded_batches(image_shard, pool, lookahead, generator.batch_size, max_label_map_bytes):
-        records = [record for record, _ in batch]
-        outcomes = generate_outcomes(generator, records, [future.result() for _, future in batch])
-        encoding.append([pool.submit(_image_rows, outputs, record, outcome) for record, outcome in zip(records, outcomes)])
-        while len(encoding) > 1:
-            for future in encoding.popleft():
-                yield future.result()
-                progress.update(1)
-    for futures in encoding:
-        for future in futures:
-            yield future.result()
-            progress.update(1)
-
-
-def run_local(config: MasksConfig, generator: MaskGenerator, plan: Plan, checksums: dict[str, str], progress: tqdm) -> list[ShardReport]:
-    """The local engine: one generator in this process (or one per `--devices` entry), decoding on `workers` threads."""
+        return run_ray(config, plan, checksums, progress)
     if len(config.devices) > 1:
-        from pipeline.device_workers import run_on_devices  # worker processes, one per device
+        from pipeline.device_workers import run_on_devices  # spawns processes: only for several devices
 
         return run_on_devices(config, plan, checksums, progress)
-    reports = []
-    lookahead = config.workers * PREFETCH_PER_WORKER
-    with ThreadPoolExecutor(max_workers=config.workers) as pool:
-        for shard, outputs in plan:
-            rows = _local_rows(generator, outputs, shard, pool, lookahead, config.max_label_map_bytes, progress)
-            reports += write_outputs(outputs, shard.name, rows, config.row_group_bytes, checksums[shard.name])
-    return reports
+    return run_local(config, generator, plan, checksums, progress)
 
 
 def refuse_empty_result(summary: MasksSummary, manifest: Manifest, out: Path) -> None:
@@ -186,12 +141,7 @@ def make_masks(config: MasksConfig, generator: MaskGenerator | None = None) -> M
             start_generator(generator)
         total = sum(open_parquet(path).metadata.num_rows for path, _ in plan)
         with tqdm(total=total, unit="img", desc=f"masks ({generator.name})", disable=not config.progress) as progress:
-            if config.engine == "ray":
-                from pipeline.ray_engine import run_ray  # Ray is heavy to import; only this engine needs it
-
-                reports = run_ray(config, plan, checksums, progress)
-            else:
-                reports = run_local(config, generator, plan, checksums, progress)
+            reports = run_engine(config, generator, plan, checksums, progress)
         summary = _summary(plan, done, reports)
         manifests = [refresh_manifest(output, list(checksums)) for output in outputs]
     summary.complete = all(manifest.complete for manifest in manifests)

@@ -3,7 +3,7 @@
 Every image has an outcome, its raw masks (`RawMasks`) or the reason it failed; each output
 turns outcomes into rows of its own shard kind (`pipeline.shards`): a `LabelMapOutput` applies
 the label-map rule (`pipeline.label_maps`), a `RawMaskOutput` keeps the masks. `segpic masks`
-(both engines) and `segpic repaint` write through `write_outputs`, so a label map made from
+(every engine) and `segpic repaint` write through `write_outputs`, so a label map made from
 the network's masks and one made from the same masks read back from a raw shard are made by
 the same code from equal inputs, and their shards are byte-identical.
 

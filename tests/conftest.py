@@ -1,4 +1,5 @@
-"""Shared fixtures: real shard directories built from the offline sample photos."""
+"""Fixtures shared by several test files: real shard directories built from the offline sample photos, a
+lock held by another process, one torch thread."""
 
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 from pipeline.ingest import IngestConfig, ingest
+from pipeline.shards import MASK_SCHEMA, list_shards, read_rows
+from training_runs import blocks, mask_row, write_shard
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +24,16 @@ def sample_image_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample_image_shards")
     ingest(IngestConfig(source="sample", out=out, shard_bytes=1_500_000, row_group_bytes=400_000))
     return out
+
+
+@pytest.fixture(scope="module")
+def shards(sample_image_shards, tmp_path_factory) -> tuple[Path, Path]:
+    """The sample image shards and aligned mask shards of 48-pixel block label maps (`training_runs.blocks`)."""
+    masks = tmp_path_factory.mktemp("block_masks")
+    for shard in list_shards(sample_image_shards):
+        rows = read_rows(shard, ["id", "width", "height"])
+        write_shard(masks / shard.name, MASK_SCHEMA, [mask_row(row["id"], blocks(row["height"], row["width"])) for row in rows])
+    return sample_image_shards, masks
 
 
 @pytest.fixture(scope="module")

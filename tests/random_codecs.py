@@ -1,4 +1,4 @@
-"""Small seeded random codecs for tests, with a latent loud enough to code.
+"""Small seeded random codecs for tests, with a latent loud enough to code, and a photo to code with them.
 
 An untrained analysis transform produces a y that rounds to zeros, so its streams would carry
 a single symbol; scaling the last convolution of the final attention block makes them varied.
@@ -7,11 +7,20 @@ a single symbol; scaling the last convolution of the final attention block makes
 import math
 
 import torch
+from PIL import Image
 
+from model.bitstream import image_to_tensor
 from model.segpic import SegPIC
 from model.wacnn import WACNN
+from pipeline.sample import sample_photo_paths
 
 LATENT_GAIN = 30
+
+
+def photo(width: int = 150, height: int = 100) -> torch.Tensor:
+    """The top left of a sample photograph (rocket.jpg) as the codecs' input, (1, 3, height, width) in [0, 1]."""
+    with Image.open(sample_photo_paths()[3]) as image:
+        return image_to_tensor(image.convert("RGB").crop((0, 0, width, height)))
 
 
 def amplify_latent(attention_block: torch.nn.Module) -> None:

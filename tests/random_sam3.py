@@ -3,7 +3,7 @@
 `small_sam3_builder()` swaps the builder's largest parts (the 32-block ViT, the 24-layer text
 encoder, the 6-layer fusion encoder and decoder with 200 queries) for the same classes at toy
 sizes; everything else (necks, tracker, heads, 1008-pixel input) is SAM 3's as published, so
-`pipeline.generators.sam3_network.build_sam3`, the checkpoint check and loading run unchanged.
+`pipeline.generators.sam_family.sam3.network.build_sam3`, the checkpoint check and loading run unchanged.
 
 Random weights make salt-and-pepper mask logits with thousands of holes, which the predictor's
 CPU hole filler visits one by one in Python (minutes per image); the builder therefore turns
@@ -26,7 +26,7 @@ from sam3.model.text_encoder_ve import VETextEncoder
 from sam3.model.tokenizer_ve import SimpleTokenizer
 from sam3.model.vitdet import ViT
 
-from pipeline.generators.sam3_network import DETECTOR_PREFIX, INTERACTIVE_PREFIX, TRACKER_PREFIX
+from pipeline.generators.sam_family.sam3.network import DETECTOR_PREFIX, INTERACTIVE_PREFIX, TRACKER_PREFIX
 
 D_MODEL = 256  # fixed across SAM 3's heads, the tracker and the necks
 

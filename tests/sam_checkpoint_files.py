@@ -12,8 +12,8 @@ import torch
 from sam2.build_sam import build_sam2
 from segment_anything import sam_model_registry
 
-from pipeline.generators.sam2 import SAM21_CONFIGS
-from pipeline.generators.sam3_network import DeviceRedirect
+from pipeline.generators.sam_family.sam2.generator import SAM21_CONFIGS
+from pipeline.generators.sam_family.sam3.network import DeviceRedirect
 
 SAM21_ONLY_KEYS = ("no_obj_embed_spatial", "obj_ptr_tpos_proj.weight", "obj_ptr_tpos_proj.bias")
 

@@ -7,13 +7,15 @@ import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 
-from pipeline.generators.agreement import label_map_agreement, prompt_mask_ious
-from pipeline.generators.amg_engine import AmgEngine, AmgSettings
-from pipeline.generators.prompt_models import PromptableSegmenter
-from pipeline.generators.sam_segmenter import SamSegmenter, use_sdpa_attention
+from pipeline.generators.sam_family.engine.agreement import label_map_agreement, prompt_mask_ious
+from pipeline.generators.sam_family.amg_settings import AmgSettings
+from pipeline.generators.sam_family.engine.amg import AmgEngine
+from pipeline.generators.sam_family.engine.segmenter import PromptableSegmenter
+from pipeline.generators.sam_family.sam.segmenter import SamSegmenter, use_sdpa_attention
 from pipeline.label_maps import LabelMapRule, label_map_from_raw
 from random_sams import photo, records_as_raw_masks, tiny_sam
 
+AGREEMENT_OF_THE_SAME_NETWORK = 0.85  # fast vs exact mode on the tiny random SAM (see the test that uses it)
 SETTINGS = {
     "every candidate": dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0),
     "filters on": dict(points_per_side=6, pred_iou_thresh=0.05, stability_score_thresh=0.2, stability_score_offset=0.01, points_per_batch=7),
@@ -139,6 +141,9 @@ def test_sdpa_attention_computes_the_same_features_in_fp32(photos, one_torch_thr
 
 
 def test_fast_mode_runs_on_the_cpu_and_its_agreement_with_exact_mode_is_measured(photos, one_torch_thread):
+    """Fast mode is the same network within bf16 rounding, so its label maps are exact mode's but for masks
+    near a tie. Random weights make many such ties: measured 0.92-0.97 here, where a map of one region
+    scores 0.64-0.69 against exact mode's (the README's vit_b on Kodak: 0.9994)."""
     sam, settings = tiny_sam(), AmgSettings(**SETTINGS["every candidate"])
     exact, fast = SamSegmenter(sam), SamSegmenter(sam, fast=True)
     image = photos[0]
@@ -149,7 +154,7 @@ def test_fast_mode_runs_on_the_cpu_and_its_agreement_with_exact_mode_is_measured
     exact_maps = label_maps(AmgEngine(exact, settings), photos, LabelMapRule())
     fast_maps = label_maps(AmgEngine(fast, settings, all_prompts=True), photos, LabelMapRule())
     for ours, theirs in zip(fast_maps, exact_maps):
-        assert 0.0 < label_map_agreement(ours.label_map, theirs.label_map) <= 1.0
+        assert label_map_agreement(ours.label_map, theirs.label_map) > AGREEMENT_OF_THE_SAME_NETWORK
 
 
 def test_label_map_agreement_compares_partitions_not_ids():

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from model.training.config import Partition, TrainConfig, preset_config
 from model.training.crops import CropWindow, random_window, relabel, resize_up
@@ -14,7 +13,10 @@ from model.training.decoding import decode_image
 from pipeline.label_map_format import decode_label_map
 from model.training.dataset import EpochSampler, build_training_data, split_records
 from model.training.records import index_records
-from pipeline.shards import IMAGE_SCHEMA, MASK_SCHEMA, ShardWriter, shard_name
+from pipeline.shards import IMAGE_SCHEMA, MASK_SCHEMA, shard_name
+from training_runs import mask_row, png_bytes, write_shard
+
+
 SMALL_TAG = 99
 
 
@@ -28,12 +30,6 @@ def block_label_map(height: int, width: int, block: int = 8) -> np.ndarray:
     """Label map of block×block squares, ids increasing row-major (16-bit: more than 256 regions)."""
     ys, xs = np.mgrid[0:height, 0:width]
     return ((ys // block) * 1000 + xs // block).astype(np.uint16)
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_decoders_return_rgb_pixels_and_16_bit_region_ids():
@@ -139,26 +135,6 @@ def image_row(record_id: str, pixels: np.ndarray) -> dict:
     """An image-shard row holding `pixels` as PNG."""
     height, width = pixels.shape[:2]
     return {"id": record_id, "image": {"bytes": png_bytes(pixels), "path": f"{record_id}.png"}, "width": width, "height": height}
-
-
-def mask_row(record_id: str, label_map: np.ndarray) -> dict:
-    """A mask-shard row holding `label_map` as an 8- or 16-bit PNG."""
-    return {
-        "id": record_id,
-        "mask": {"bytes": png_bytes(label_map), "path": None},
-        "num_regions": len(np.unique(label_map)),
-        "coverage": 1.0,
-        "mean_iou": 1.0,
-        "generator": "blocks",
-        "settings_hash": "test",
-    }
-
-
-def write_shard(path: Path, schema, rows: list[dict]) -> None:
-    """One shard through the project's writer, in small row groups so reads cross group borders."""
-    with ShardWriter(path, schema, row_group_bytes=20_000) as writer:
-        for row in rows:
-            writer.write(row)
 
 
 @pytest.fixture

@@ -10,17 +10,16 @@ from model.checkpoints import load_codec, weights_hash
 from model.training import distributed
 from model.training.config import Partition, TrainConfig, preset_config
 from model.training.trainer import run
-from test_train import shards  # noqa: F401  (the module-scoped shard fixture)
 
 
 def run_and_report(config: TrainConfig) -> None:
     """One rank: train, then leave the hash of its final weights for the test to compare."""
-    summary = run(config)
+    summary = run(config).summary
     Path(config.out, f"rank{os.environ['RANK']}.json").write_text(json.dumps(summary))
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_identical_replicas(shards, tmp_path):  # noqa: F811
+def test_two_gloo_processes_train_identical_replicas(shards, tmp_path):
     images, masks = shards
     config = preset_config(
         "tiny", images, tmp_path, partition=Partition(masks), crop=64, batch_size=2, steps=3, val_every=3,

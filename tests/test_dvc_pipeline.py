@@ -10,8 +10,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,9 @@ from PIL import Image
 
 from pipeline.cli import app
 from pipeline.sample import evaluation_photo_paths, sample_photo_paths
+from dvc_study import LAMBDAS, PROJECT, edit_params, run, stages_run
 from stage_code import command_files
 
-PROJECT = Path(__file__).resolve().parents[1]
-LAMBDAS = yaml.safe_load((PROJECT / "params.yaml").read_text())["train"]["lambdas"]  # those with warm starts
 SOURCE = "felzenszwalb"
 INGEST = {"ingest", "ingest-eval"}
 SETTINGS = {f"mask-settings@{SOURCE}"}
@@ -34,23 +31,6 @@ TRAIN_MASKS = {f"train@{SOURCE}-{lmbda}" for lmbda in LAMBDAS}
 TRAIN_GRID = {f"train-grid@{lmbda}" for lmbda in LAMBDAS}
 EVAL = {f"eval@{SOURCE}", "eval-grid"}
 ALL_STAGES = INGEST | SETTINGS | MASKS | REPAINT | TRAIN_MASKS | TRAIN_GRID | EVAL | {"compare"}
-
-
-def run(args: list[str], cwd: Path, with_stderr: bool = True) -> str:
-    """Run a command with this interpreter's environment first on PATH and `cwd`'s code; fail with its output."""
-    env = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        PYTHONPATH=str(cwd),
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr if with_stderr else result.stdout
-
-
-def stages_run(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
 def stages_to_run(study: Path, first: set[str] = frozenset()) -> set[str]:
@@ -66,13 +46,6 @@ def stages_to_run(study: Path, first: set[str] = frozenset()) -> set[str]:
     if not changed:
         return set()
     return stages_run(run(["dvc", "repro", "--dry", "--force", "--downstream", *changed], study))
-
-
-def edit_params(study: Path, edit) -> None:
-    path = study / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    edit(params)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")

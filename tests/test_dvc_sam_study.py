@@ -14,11 +14,11 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.generators.sam2 import build_sam21
+from pipeline.generators.sam_family.sam2.generator import build_sam21
 from pipeline.manifest import read_manifest
 from pipeline.shards import list_shards, read_rows
 from random_sams import photo
-from test_dvc_pipeline import LAMBDAS, PROJECT, edit_params, run, stages_run
+from dvc_study import LAMBDAS, PROJECT, edit_params, run, stages_run
 
 GENERATOR = "sam2"
 SETTINGS, NETWORK, REPAINT = f"mask-settings@{GENERATOR}", f"masks@{GENERATOR}", f"repaint@{GENERATOR}"

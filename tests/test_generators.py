@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.generators import build_generator, generator_names, sam_weights
-from pipeline.generators.sam_weights import (
+from pipeline.generators import build_generator, generator_names
+from pipeline.generators.sam_family import weights as sam_weights
+from pipeline.generators.sam_family.weights import (
     SAM21_WEIGHTS, SAM_WEIGHTS, OfficialWeights, SamWeightsUnavailable, fetch_weights, resolve_checkpoint, weights_sha256,
 )
 from random_sams import photo, tiny_sam

@@ -15,8 +15,8 @@ from pipeline.cli import app
 from pipeline.images import prepare_image
 
 from random_codecs import random_segpic
-from test_ingest import encode as encoded
-from test_ingest import rotated_jpeg
+from encoded_images import encode as encoded
+from encoded_images import rotated_jpeg
 
 RNG = np.random.default_rng(3)
 PIXELS = RNG.integers(0, 256, (70, 90, 3), dtype=np.uint8)

@@ -22,21 +22,9 @@ from pipeline.manifest import read_manifest
 from pipeline.output_folder import LOCK_NAME
 from pipeline.sample import sample_photo_paths
 from pipeline.shards import list_shards, read_rows
+from encoded_images import PIXELS, encode, rotated_jpeg
 
 GOOD = sample_photo_paths()[3]  # rocket.jpg
-PIXELS = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def rotated_jpeg() -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored landscape, shown rotated 90° clockwise
-    return encode(Image.fromarray(PIXELS), "JPEG", exif=exif.tobytes(), quality=95)
 
 
 def rows_by_id(directory) -> dict[str, dict]:

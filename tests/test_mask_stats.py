@@ -6,8 +6,6 @@ import math
 
 import numpy as np
 from PIL import Image
-
-import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app

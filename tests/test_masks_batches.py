@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.generators.base import build_generator
 from pipeline.generators.grid import GridConfig, GridGenerator
-from pipeline.masks import MasksConfig, image_shard_checksums, make_masks, run_local
+from pipeline.local_engine import run_local
+from pipeline.masks import MasksConfig, image_shard_checksums, make_masks
 from pipeline.shards import list_shards, read_rows
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from model.bitstream import (
     DESYNC_MESSAGE,
@@ -23,22 +22,15 @@ from model.bitstream import (
     SymbolMismatchError,
     decode_file,
     encode_image,
-    image_to_tensor,
 )
 from model.checkpoints import save_codec
 from model.portable import perturbed_native_parameters
-from pipeline.sample import sample_photo_paths
 
 from child_process import child_environment
-from random_codecs import random_segpic, random_wacnn, scales_on_table_boundaries, spread_scales
+from random_codecs import photo, random_segpic, random_wacnn, scales_on_table_boundaries, spread_scales
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RELATIVE_NOISE = 1e-6
-
-
-def photo(width: int = 150, height: int = 100) -> torch.Tensor:
-    with Image.open(sample_photo_paths()[3]) as image:
-        return image_to_tensor(image.convert("RGB").crop((0, 0, width, height)))
 
 
 def relative_noise(scale: float):

@@ -6,8 +6,6 @@ handed to the masks stage; `test_sam2.py` and `test_sam3.py` check SAM 2.1 and S
 is where the rule (paint order, holes, specks) decides the partition.
 """
 
-import shutil
-
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -20,7 +18,7 @@ from pipeline.masks import MasksConfig, make_masks
 from pipeline.repaint import RepaintConfig, repaint
 from pipeline.shards import list_shards, read_rows
 from random_sams import photo, tiny_sam
-from repaint_checks import assert_repaint_writes_what_masks_wrote, overlapping_images, rule_args, shard_bytes
+from repaint_checks import assert_repaint_writes_what_masks_wrote, overlapping_images, shard_bytes
 
 SAM = {"points_per_side": 4, "pred_iou_thresh": 0, "stability_score_thresh": 0, "box_nms_thresh": 1.0}
 RULE = {"speck_area": 4, "max_regions": 64}

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.generators import build_generator
-from pipeline.generators.sam2 import build_sam21
+from pipeline.generators.sam_family.sam2.generator import build_sam21
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.label_maps import label_map_from_raw
 from pipeline.manifest import read_manifest

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from pipeline.label_map_format import decode_label_map
 from pipeline.cli import app
 from pipeline.generators import build_generator
-from pipeline.generators.sam3_network import DeviceRedirect, build_sam3, check_checkpoint, clip_vocabulary
-from pipeline.generators.sam3_segmenter import Sam3Segmenter
+from pipeline.generators.sam_family.sam3.network import DeviceRedirect, build_sam3, check_checkpoint, clip_vocabulary
+from pipeline.generators.sam_family.sam3.segmenter import Sam3Segmenter
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.label_maps import LabelMapRule, label_map_from_raw
 from pipeline.raw_mask_format import dense_raw_masks

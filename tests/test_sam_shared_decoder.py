@@ -5,9 +5,9 @@ import pytest
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-from pipeline.generators import sam_segmenter
-from pipeline.generators.sam_segmenter import SamSegmenter
-from pipeline.generators.sam_shared_decoder import decode_point_prompts, decode_prompt_tokens, upscale_masks
+from pipeline.generators.sam_family.sam import segmenter as sam_segmenter
+from pipeline.generators.sam_family.sam.segmenter import SamSegmenter
+from pipeline.generators.sam_family.sam.shared_decoder import decode_point_prompts, decode_prompt_tokens, upscale_masks
 from random_sams import photo, tiny_sam
 
 

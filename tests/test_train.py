@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from model.architectures import build_model
 from model.checkpoints import load_codec
 from model.training import distributed
-from model.training.config import Partition, TrainConfig, parse_partition, preset_config
+from model.training.config import Partition, parse_partition
 from model.training.crops import centre_window
 from model.training.decoding import decode_image
 from model.training.metrics import MetricsLog
@@ -25,29 +25,7 @@ from model.training.state import capture_rng, restore_rng
 from model.training.trainer import NonFiniteGuard, NonFiniteLossError, open_session, save_checkpoint, train, train_loop, train_step
 from pipeline.cli import app
 from pipeline.sample import sample_photo_paths
-from pipeline.shards import MASK_SCHEMA, list_shards, read_rows
-from test_dataset import mask_row, write_shard
-
-
-@pytest.fixture(scope="module")
-def shards(sample_image_shards, tmp_path_factory) -> tuple[Path, Path]:
-    """The sample image shards and aligned mask shards of 48-pixel block label maps."""
-    masks = tmp_path_factory.mktemp("block_masks")
-    for shard in list_shards(sample_image_shards):
-        rows = read_rows(shard, ["id", "width", "height"])
-        write_shard(masks / shard.name, MASK_SCHEMA, [mask_row(row["id"], blocks(row["height"], row["width"])) for row in rows])
-    return sample_image_shards, masks
-
-
-def blocks(height: int, width: int) -> np.ndarray:
-    ys, xs = np.mgrid[0:height, 0:width]
-    return ((ys // 48) * 16 + xs // 48).astype(np.uint16)
-
-
-def tiny(shards: tuple[Path, Path], out: Path, masks: bool = True, **overrides) -> TrainConfig:
-    settings = {"crop": 64, "batch_size": 2, "steps": 4, "val_every": 2, "checkpoint_every": 2, "progress": False}
-    partition = Partition(shards[1]) if masks else Partition()
-    return preset_config("tiny", shards[0], out, partition=partition, **{**settings, **overrides})
+from training_runs import checkpoint_step, tiny
 
 
 def fixed_crops_loss(model: torch.nn.Module, lmbda: float) -> float:
@@ -65,14 +43,14 @@ def test_tiny_training_lowers_the_loss_on_the_sample(shards, tmp_path):
     config = tiny(shards, tmp_path, steps=30, val_every=30, checkpoint_every=30)
     torch.manual_seed(config.seed)
     untrained = build_model(config.arch, **config.model_args)
-    summary = train(config)
+    summary = train(config).summary
     trained = load_codec(config.checkpoint_path)
     assert summary["step"] == 30 and summary["nonfinite_steps"] == 0
     assert fixed_crops_loss(trained, config.lmbda) < 0.5 * fixed_crops_loss(untrained, config.lmbda)
 
 
 def test_a_run_writes_checkpoint_metrics_and_dvclive_plots(shards, tmp_path):
-    summary = train(tiny(shards, tmp_path, masks=False, steps=2))
+    summary = train(tiny(shards, tmp_path, masks=False, steps=2)).summary
     assert (tmp_path / "checkpoint.pt").is_file()
     assert (tmp_path / "metrics.json").is_file()
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
@@ -82,7 +60,7 @@ def test_a_run_writes_checkpoint_metrics_and_dvclive_plots(shards, tmp_path):
 
 
 def test_wacnn_baseline_trains_through_the_same_loop(shards, tmp_path):
-    summary = train(tiny(shards, tmp_path, masks=False, arch="wacnn", steps=2))
+    summary = train(tiny(shards, tmp_path, masks=False, arch="wacnn", steps=2)).summary
     assert type(load_codec(tmp_path / "checkpoint.pt")).__name__ == "WACNN"
     assert math.isfinite(summary["train"]["loss"])
 
@@ -131,16 +109,10 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(shards, tmp_path):
     assert_same_run(straight.checkpoint_path, killed.checkpoint_path)
 
 
-def checkpoint_step(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    return torch.load(path, weights_only=True)["training"]["progress"]["step"]
-
-
 def test_resuming_a_finished_run_changes_nothing_and_still_reports(shards, tmp_path):
     config = tiny(shards, tmp_path, steps=2)
-    first = train(config)
-    again = train(replace(config, resume=True))
+    first = train(config).summary
+    again = train(replace(config, resume=True)).summary
     assert again["step"] == 2 and again["weights_hash"] == first["weights_hash"]
     assert again["val"] == first["val"]
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from model.training.trainer import train
 from pipeline.cli import app
-from test_train import checkpoint_step, shards, tiny  # noqa: F401  (shards: the module-scoped fixture)
+from training_runs import checkpoint_step, tiny
 from wrong_use import SEGPIC, snapshot
 
 
@@ -42,21 +42,21 @@ def assert_one_line_error(result, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
-def test_a_folder_holding_a_run_needs_resume_or_overwrite(shards, tmp_path):  # noqa: F811
+def test_a_folder_holding_a_run_needs_resume_or_overwrite(shards, tmp_path):
     config = tiny(shards, tmp_path, masks=False, steps=2)
-    first = train(config)
+    first = train(config).summary
     before = snapshot(tmp_path)
     with pytest.raises(ValueError, match="already holds a run .*--resume.*--overwrite"):
         train(replace(config, steps=3))
     assert snapshot(tmp_path) == before
     assert_one_line_error(cli(*tiny_cli(shards[0], tmp_path, "--steps", "3")), "already holds a run")
     assert snapshot(tmp_path) == before
-    again = train(replace(config, steps=3, seed=5, overwrite=True))
+    again = train(replace(config, steps=3, seed=5, overwrite=True)).summary
     assert again["step"] == 3 and again["weights_hash"] != first["weights_hash"]
     assert series_steps(tmp_path / "live", "train", "loss") == [3]  # nothing left of the first run's series
 
 
-def test_an_output_path_that_is_a_file_is_refused(shards, tmp_path):  # noqa: F811
+def test_an_output_path_that_is_a_file_is_refused(shards, tmp_path):
     target = tmp_path / "run"
     target.write_text("notes")
     assert_one_line_error(cli(*tiny_cli(shards[0], target, "--steps", "1")), str(target), "is a file")
@@ -66,7 +66,8 @@ def test_an_output_path_that_is_a_file_is_refused(shards, tmp_path):  # noqa: F8
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        (["--device", "cuda"], "no CUDA GPU"),
+        pytest.param(["--device", "cuda"], "no CUDA GPU", marks=pytest.mark.skipif(
+            torch.cuda.is_available(), reason="the error of a machine without a CUDA GPU")),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--device", "meta"], "unknown device 'meta'"),
         (["--arch", "wacnn", "--partition", "masks:{masks}"], "wacnn"),
@@ -74,20 +75,19 @@ def test_an_output_path_that_is_a_file_is_refused(shards, tmp_path):  # noqa: F8
         (["--resume", "--overwrite"], "--resume and --overwrite"),
     ],
 )
-def test_wrong_options_fail_in_one_line_before_anything_is_written(shards, tmp_path, options, named):  # noqa: F811
-    if torch.cuda.is_available() and options == ["--device", "cuda"]:
-        pytest.fail("this test checks the error on a machine without a GPU")
+def test_wrong_options_fail_in_one_line_before_anything_is_written(shards, tmp_path, options, named):
     options = [option.format(masks=shards[1]) for option in options]
     assert_one_line_error(cli(*tiny_cli(shards[0], tmp_path / "run", "--steps", "1", *options)), named)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
-def test_launcher_of_several_processes_checks_the_device_first(shards, tmp_path):  # noqa: F811
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="cuda:7 exists here")
+def test_launcher_of_several_processes_checks_the_device_first(shards, tmp_path):
     result = cli(*tiny_cli(shards[0], tmp_path / "run", "--steps", "1", "--nproc", "2", "--device", "cuda:7"))
     assert_one_line_error(result, "cuda:7")
 
 
-def test_resume_refuses_a_checkpoint_that_is_not_torch_or_holds_pickled_objects(shards, tmp_path):  # noqa: F811
+def test_resume_refuses_a_checkpoint_that_is_not_torch_or_holds_pickled_objects(shards, tmp_path):
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(b"this is not a checkpoint")
     result = cli(*tiny_cli(shards[0], tmp_path, "--steps", "1", "--resume"))
@@ -99,7 +99,7 @@ def test_resume_refuses_a_checkpoint_that_is_not_torch_or_holds_pickled_objects(
     assert_one_line_error(cli(*tiny_cli(shards[0], tmp_path, "--steps", "1", "--resume")), "not a resumable")
 
 
-def test_resume_checks_checkpoint_and_training_state_versions(shards, tmp_path):  # noqa: F811
+def test_resume_checks_checkpoint_and_training_state_versions(shards, tmp_path):
     config = tiny(shards, tmp_path, steps=2)
     train(config)
     saved = torch.load(config.checkpoint_path, weights_only=True)
@@ -111,7 +111,7 @@ def test_resume_checks_checkpoint_and_training_state_versions(shards, tmp_path):
         train(replace(config, steps=3, resume=True))
 
 
-def test_resume_refuses_any_change_of_the_experiment(shards, tmp_path):  # noqa: F811
+def test_resume_refuses_any_change_of_the_experiment(shards, tmp_path):
     config = tiny(shards, tmp_path / "run", steps=2)
     train(config)
     moved_images = tmp_path / "images"
@@ -134,10 +134,10 @@ def test_resume_refuses_any_change_of_the_experiment(shards, tmp_path):  # noqa:
     assert snapshot(config.out) == before
 
 
-def test_allowed_changes_take_effect_and_are_recorded(shards, tmp_path):  # noqa: F811
+def test_allowed_changes_take_effect_and_are_recorded(shards, tmp_path):
     config = tiny(shards, tmp_path, steps=2, plateau_patience=100)
     train(config)
-    summary = train(replace(config, steps=4, resume=True, lr=3e-4, allow_changes=("lr",)))
+    summary = train(replace(config, steps=4, resume=True, lr=3e-4, allow_changes=("lr",))).summary
     assert summary["config"]["lr"] == 3e-4 and summary["in_effect"]["lr"] == 3e-4
     assert summary["changes"] == [{"step": 2, "setting": "lr", "from": config.lr, "to": 3e-4}]
     saved = torch.load(config.checkpoint_path, weights_only=True)["training"]
@@ -145,23 +145,23 @@ def test_allowed_changes_take_effect_and_are_recorded(shards, tmp_path):  # noqa
     assert saved["experiment"]["lr"] == 3e-4 and saved["changes"] == summary["changes"]
     assert json.loads(config.metrics_path.read_text())["changes"] == summary["changes"]
     # The new rate is now the run's own: resuming with it needs no option, the old one is refused.
-    assert train(replace(config, steps=5, resume=True, lr=3e-4))["step"] == 5
+    assert train(replace(config, steps=5, resume=True, lr=3e-4)).step == 5
     with pytest.raises(ValueError, match="lr"):
         train(replace(config, steps=6, resume=True))
 
 
-def test_resuming_a_finished_run_writes_nothing_and_says_so(shards, tmp_path):  # noqa: F811
+def test_resuming_a_finished_run_writes_nothing_and_says_so(shards, tmp_path):
     config = tiny(shards, tmp_path, steps=2)
     train(config)
     before = snapshot(tmp_path)
-    assert train(replace(config, resume=True))["already_finished"]
+    assert train(replace(config, resume=True)).already_finished
     result = cli(*tiny_cli(shards[0], tmp_path, "--partition", f"masks:{shards[1]}", "--steps", "2", "--resume"))
     assert result.exit_code == 0, result.output
     assert "already finished at step 2" in result.output
     assert snapshot(tmp_path) == before
 
 
-def test_checkpoints_get_the_users_file_permissions(shards, tmp_path):  # noqa: F811
+def test_checkpoints_get_the_users_file_permissions(shards, tmp_path):
     previous = os.umask(0o027)
     try:
         train(tiny(shards, tmp_path, masks=False, steps=1))
@@ -180,7 +180,7 @@ def train_command(images: Path, masks: Path, out: Path, *extra: str) -> list[str
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_logs_every_step_once(shards, tmp_path):  # noqa: F811
+def test_killed_and_resumed_run_logs_every_step_once(shards, tmp_path):
     images, masks = shards
     live = tmp_path / "live"
     command = train_command(images, masks, tmp_path, "--checkpoint-every", "4", "--log-every", "1", "--val-every", "2")
@@ -219,7 +219,7 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_killing_the_launcher_stops_every_worker(shards, tmp_path, kill_signal):  # noqa: F811
+def test_killing_the_launcher_stops_every_worker(shards, tmp_path, kill_signal):
     images, masks = shards
     command = train_command(images, masks, tmp_path, "--nproc", "2", "--device", "cpu", "--checkpoint-every", "2",
                             "--val-every", "2")

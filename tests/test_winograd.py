@@ -21,8 +21,7 @@ from model.winograd import (
     with_winograd_convolutions,
 )
 
-from random_codecs import random_segpic, spread_scales
-from test_portable import photo
+from random_codecs import photo, random_segpic, spread_scales
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FLOAT64_TOLERANCE = 1e-13

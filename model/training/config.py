@@ -6,7 +6,7 @@ run can refuse a configuration that would silently change the experiment.
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,50 +68,96 @@ def parse_partition(text: str, masks_root: Path | None = None) -> Partition:
     raise ValueError(f"partition must be 'grid', 'masks:DIR' or (with a masks root) a mask source name, got {text!r}")
 
 
+PRESET = "from --preset"
+REQUIRED = "required"
+OPTION = "option"  # the metadata key of a field's `Option`
+
+
+@dataclass(frozen=True)
+class Option:
+    """How `segpic train` offers one `TrainConfig` field, and which `params.yaml` key the DVC study sets it from.
+
+    This is the setting's one declaration: the command's options are built from these
+    (`pipeline/cli/train.py`), `preset_config` takes their values by field name, and the
+    tests hold both DVC training stages to the `study` keys. `help_default` is what `--help`
+    says an omitted option takes (PRESET, REQUIRED, a value in words, or None: nothing); that a
+    `--resume` keeps the run's own value instead follows from RECORDED_SETTINGS.
+    """
+
+    help: str
+    help_default: str | None = PRESET
+    flag: str = ""  # when it is not the field's name with dashes
+    study: str = ""  # its key in params.yaml's `train` section, passed by both DVC training stages
+    text: Any = None  # what the command line gives where it is not the field's type (`preset_config` reads it)
+
+    def name(self, field_name: str) -> str:
+        return self.flag or "--" + field_name.replace("_", "-")
+
+
+def option(help: str, default: Any = MISSING, *, factory: Any = MISSING, **declared: Any) -> Any:
+    """A `TrainConfig` field that `segpic train` offers as an option (`Option` says how)."""
+    return field(default=default, default_factory=factory, metadata={OPTION: Option(help, **declared)})
+
+
+def command_line_options() -> dict[str, Option]:
+    """Every `TrainConfig` field that `segpic train` offers, in the config's order, with its declaration."""
+    return {item.name: item.metadata[OPTION] for item in fields(TrainConfig) if OPTION in item.metadata}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. Sizes default to the published setting (`docs/architecture.md` §5)."""
 
-    images: Path
-    out: Path
-    partition: Partition = field(default_factory=Partition)
-    preset: str = "paper"
-    arch: str = "segpic"
-    N: int = 192
-    M: int = 320
-    lmbda: float = 0.0130
-    crop: int = 256
-    batch_size: int = 8
-    steps: int = 1_000_000
-    lr: float = 1e-4
-    aux_lr: float = 1e-3
+    images: Path = option("Image shard directory (segpic ingest).", help_default=REQUIRED)
+    out: Path = option("Run directory: checkpoint.pt, metrics.json, live/ plots.", help_default=None)
+    partition: Partition = option(
+        "'grid' (no masks), 'masks:DIR' (aligned mask shards) or NAME (= masks:MASKS_ROOT/NAME).",
+        factory=Partition, help_default="grid", text=str,
+    )
+    preset: str = option("'paper' (published sizes) or 'tiny' (CPU smoke runs).", "paper", help_default="paper", study="preset")
+    arch: str = option("Architecture: segpic or wacnn.", "segpic", study="arch")
+    N: int = option("Width N of the 1/4- and 1/16-scale features.", 192, flag="--N", study="N")
+    M: int = option("Width M of the latent y.", 320, flag="--M", study="M")
+    lmbda: float = option("Rate-distortion trade-off λ (loss = λ·255²·MSE + bpp).", 0.0130)
+    crop: int = option("Training crop size (multiple of 64).", 256, study="crop")
+    batch_size: int = option("Crops per step and process.", 8, study="batch")
+    steps: int = option("Optimiser steps to train to (counting resumed ones).", 1_000_000, study="steps")
+    lr: float = option("Main Adam learning rate.", 1e-4, study="lr")
+    aux_lr: float = option("Adam learning rate of the bottlenecks' quantiles.", 1e-3, study="aux_lr")
     clip_norm: float = 1.0
     plateau_factor: float = 0.5
     plateau_patience: int = 10
-    grid: int = 4
-    seed: int = 0
-    num_workers: int = field(default_factory=loader_workers)
-    decoded_cache_mb: int = 1024
-    init: Path | None = None
+    grid: int = option("Prototype grid g (g×g regions) of the grid partition and of validation.", 4, study="grid")
+    seed: int = option("Seed of initialisation, order and crops.", 0, study="seed")
+    num_workers: int = option("DataLoader worker processes (at most one per CPU core).", factory=loader_workers, flag="--workers")
+    decoded_cache_mb: int = option("Decoded-image cache per loader process (MiB).", 1024)
+    init: Path | None = option(
+        "Warm start from this checkpoint's weights (fresh optimisers, step 0); {lmbda} in it stands for "
+        "the run's λ (tiny-grid-{lmbda}.pth.tar); empty: random initialisation.",
+        None, help_default="none", study="init", text=str,
+    )
     """Warm start: the weights of this checkpoint at step 0 (`model.training.warm_start`); see LAMBDA_FIELD."""
-    val_images: Path | None = None
-    val_masks: Path | None = None
-    val_count: int = 1
-    val_every: int = 5000
-    checkpoint_every: int = 5000
-    log_every: int = 100
+    val_images: Path | None = option("Separate validation image shards.", None, help_default="none")
+    val_masks: Path | None = option("Mask shards aligned with --val-images.", None, help_default="none")
+    val_count: int = option("Images held out for validation without --val-images.", 1, study="val_count")
+    val_every: int = option("Validate every this many steps.", 5000)
+    checkpoint_every: int = option("Write the resumable checkpoint every this many steps.", 5000)
+    log_every: int = option("Log training means every this many steps.", 100)
     max_nonfinite: int = 10
-    resume: bool = False
-    overwrite: bool = False
-    allow_changes: tuple[str, ...] = ()
-    nproc: int = 1
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    threads: int | None = None
-    live_dir: Path | None = None
-    progress: bool = True
+    resume: bool = option("Continue from OUT/checkpoint.pt when it exists.", False, help_default=None)
+    overwrite: bool = option("Delete the run already in OUT and start afresh.", False, help_default=None)
+    allow_changes: tuple[str, ...] = option(
+        "With --resume: a setting that may differ from the checkpoint's (e.g. lr); repeatable.",
+        (), help_default=None, flag="--allow-change", text=list[str],
+    )
+    nproc: int = option("Local processes (DDP); under torchrun leave at 1.", 1, study="nproc")
+    device: str = option("auto, cpu, cuda or cuda:N.", "auto")
+    bf16: bool = option("bf16 autocast; entropy models, GDN and likelihoods stay float32.", False, help_default=None)
+    channels_last: bool = option("Channels-last memory layout for the network.", False, help_default=None)
+    compile: bool = option("torch.compile the network (first steps pay the compilation).", False, help_default=None)
+    threads: int | None = option("torch CPU threads per process.", None)
+    live_dir: Path | None = option("dvclive directory (default OUT/live).", None, help_default=None)
+    progress: bool = option("Show a progress bar.", True, help_default=None)
 
     def __post_init__(self) -> None:
         if self.crop <= 0 or self.crop % 64:
@@ -216,14 +262,34 @@ def _from_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _read_text(overrides: Mapping[str, Any], masks_root: Path | None) -> dict[str, Any]:
+    """Overrides with the command line's text forms read (`Option.text`): a partition, a warm start, setting names."""
+    values = dict(overrides)
+    if isinstance(values.get("partition"), str):
+        values["partition"] = parse_partition(values["partition"], masks_root)
+    if isinstance(values.get("init"), str):
+        values["init"] = Path(values["init"]) if values["init"] else None  # empty: not given
+    if isinstance(values.get("allow_changes"), list):
+        values["allow_changes"] = tuple(name.strip() for value in values["allow_changes"] for name in value.split(",") if name.strip())
+    return values
+
+
 def preset_config(
-    preset: str | None, images: Path | None, out: Path, recorded: Mapping[str, Any] | None = None, **overrides: Any
+    preset: str | None,
+    images: Path | None,
+    out: Path,
+    recorded: Mapping[str, Any] | None = None,
+    masks_root: Path | None = None,
+    **overrides: Any,
 ) -> TrainConfig:
     """Config of a named preset with `overrides` applied (None values mean "not given").
 
     `recorded`: on a resume, the settings the run's checkpoint holds. They win over the
     preset, so an option the user does not repeat keeps the run's value (a change accepted
     with --allow-change included) and only what the user gives can differ from the run.
+    Overrides may come as the command line gives them (`Option.text`): `partition` as text
+    (a mask source's name is a folder of `masks_root`), `init` as a path or "", and
+    `allow_changes` as a list of comma-separated names.
     """
     recorded = _from_record(recorded or {})
     recorded_preset, recorded_images = recorded.pop("preset", None), recorded.pop("images", None)
@@ -237,7 +303,7 @@ def preset_config(
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
-    chosen = {key: value for key, value in overrides.items() if value is not None}
+    chosen = {key: value for key, value in _read_text(overrides, masks_root).items() if value is not None}
     config = replace(TrainConfig(images=images, out=out), **{**PRESETS[preset], **recorded, "preset": preset, **chosen})
     if config.init is not None and LAMBDA_FIELD in str(config.init):
         config = replace(config, init=Path(str(config.init).replace(LAMBDA_FIELD, str(config.lmbda))))

@@ -20,6 +20,8 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from model.devices import resolve_device
+
 T = TypeVar("T")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"
@@ -70,26 +72,6 @@ class ProcessGroup:
 def in_process_group() -> bool:
     """Whether this process was started as one rank of a group (by torchrun or `spawn`)."""
     return "WORLD_SIZE" in os.environ
-
-
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks the local rank's GPU when there is one, else the CPU; refuses devices this run cannot use."""
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(choice)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {choice!r}: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {choice}: no CUDA GPU is visible to torch here; use --device cpu or auto")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-    return device
 
 
 def start(device_choice: str) -> ProcessGroup:

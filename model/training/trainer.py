@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from model.architectures import build_model
 from model.checkpoints import save_codec, weights_hash
+from model.devices import resolve_device
 from model.training import distributed, speed
 from model.training.config import TrainConfig
 from model.training.dataset import TrainingData, build_training_data, pixels_to_unit
@@ -251,6 +252,22 @@ def train_loop(session: Session, metrics: MetricsLog | None) -> dict[str, dict[s
     return tracker.last
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run did: its summary (the metrics.json document) and whether it had already finished.
+
+    `already_finished`: a resumed run that had reached its steps before; nothing was trained
+    and its files are untouched.
+    """
+
+    summary: dict[str, Any]
+    already_finished: bool = False
+
+    @property
+    def step(self) -> int:
+        return self.summary["step"]
+
+
 def finished_summary(config: TrainConfig) -> dict | None:
     """The untouched summary of a resumed run that already reached `config.steps`, else None.
 
@@ -263,7 +280,7 @@ def finished_summary(config: TrainConfig) -> dict | None:
     summary = read_summary(config.metrics_path)
     if step < config.steps or summary.get("step") != step:
         return None
-    return {**summary, "already_finished": True}
+    return summary
 
 
 def _summary(session: Session, last: dict[str, dict[str, float]], seconds: float) -> dict:
@@ -288,19 +305,19 @@ def _summary(session: Session, last: dict[str, dict[str, float]], seconds: float
     }
 
 
-def run(config: TrainConfig, prepared: bool = False) -> dict:
-    """Train in this process (alone, or as one rank of a torchrun/spawned group); rank 0 returns the summary.
+def run(config: TrainConfig, prepared: bool = False) -> TrainResult:
+    """Train in this process (alone, or as one rank of a torchrun/spawned group); each rank returns its summary.
 
     `prepared`: the launcher already checked the device and the run directory.
     """
     if not prepared:
-        distributed.resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
         if int(os.environ.get("RANK", "0")) == 0:  # other ranks would see rank 0's first files as another run
             check_warm_start(config)
             prepare_run_directory(config)
         finished = finished_summary(config)
         if finished is not None:
-            return finished
+            return TrainResult(finished, already_finished=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     group = distributed.start(config.device)
@@ -317,12 +334,12 @@ def run(config: TrainConfig, prepared: bool = False) -> dict:
         summary = _summary(session, last, time.monotonic() - started)
         if group.is_main:
             write_summary(config.metrics_path, summary)
-        return summary
+        return TrainResult(summary)
     finally:
         distributed.stop(group)
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig) -> TrainResult:
     """Entry point of `segpic train`: spawns `config.nproc` local processes unless already inside a group.
 
     The launcher checks the device and the run directory first, so a wrong option fails
@@ -330,11 +347,11 @@ def train(config: TrainConfig) -> dict:
     """
     if distributed.in_process_group() or config.nproc == 1:
         return run(config)
-    distributed.resolve_device(config.device)
+    resolve_device(config.device)
     check_warm_start(config)
     prepare_run_directory(config)
     finished = finished_summary(config)
     if finished is not None:
-        return finished
+        return TrainResult(finished, already_finished=True)
     distributed.spawn(functools.partial(run, prepared=True), config, config.nproc)
-    return read_summary(config.metrics_path)
+    return TrainResult(read_summary(config.metrics_path))

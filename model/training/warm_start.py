@@ -7,8 +7,6 @@ optimisers, schedule and step count start afresh, which is what distinguishes it
 `--resume`.
 """
 
-from pathlib import Path
-
 import torch
 from compressai.models import CompressionModel
 

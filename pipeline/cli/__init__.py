@@ -37,11 +37,6 @@ app.command("export-masks")(export_masks.export_masks)
 app.command("split-settings")(split_settings.split_settings)
 
 
-@app.callback()
-def root() -> None:
-    """Keep `segpic` a command group even while it has a single command."""
-
-
 def main() -> None:
     """Console-script entry point."""
     app()

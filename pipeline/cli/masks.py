@@ -2,36 +2,14 @@
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
 from pipeline.cli.file_values import file_settings
+from pipeline.cli.generator_settings import parse_settings
 from pipeline.cli.timings import TimingsOption, check_outside, write_timings
-
-
-def _parse_settings(settings: list[str], generator: str) -> tuple[tuple[str, str], ...]:
-    """`KEY=VALUE` (or `GENERATOR.KEY=VALUE`, kept only when GENERATOR runs) -> pairs.
-
-    The scoped form lets one command template (a DVC matrix) carry every generator's
-    settings; the generator's config converts and checks the values it receives. A scope
-    that names no generator is refused: a misspelt one would otherwise drop its setting
-    without a word.
-    """
-    from pipeline.generators import generator_names
-
-    pairs = []
-    for setting in settings:
-        key, equals, value = setting.partition("=")
-        scope, dot, name = key.strip().rpartition(".")
-        if not equals or not name or (dot and not scope):
-            raise ValueError(f"--set expects KEY=VALUE or GENERATOR.KEY=VALUE, got {setting!r}")
-        if dot and scope not in generator_names():
-            raise ValueError(f"--set {setting}: no generator is called {scope!r}; the generators are {', '.join(generator_names())}")
-        if not dot or scope == generator:
-            pairs.append((name.replace("-", "_"), value.strip()))
-    return tuple(pairs)
 
 
 def masks(
@@ -96,7 +74,7 @@ def masks(
         for folder in (out, raw):
             if folder is not None:
                 check_outside(timings, folder)
-        options = (file_settings(settings) if settings else ()) + _parse_settings(setting or [], generator)
+        options = (file_settings(settings) if settings else ()) + parse_settings(setting or [], generator)
         config = MasksConfig(
             images=images,
             out=out,

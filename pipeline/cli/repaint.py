@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.errors import exit_on_user_error
-from pipeline.cli.masks import _parse_settings
 from pipeline.cli.file_values import file_settings
+from pipeline.cli.generator_settings import parse_settings
 from pipeline.cli.timings import TimingsOption, check_outside, write_timings
 
 
@@ -37,7 +37,7 @@ def repaint(
     started = time.perf_counter()
     with exit_on_user_error():
         check_outside(timings, out)
-        options = (file_settings(settings) if settings else ()) + _parse_settings(setting or [], "")
+        options = (file_settings(settings) if settings else ()) + parse_settings(setting or [], "")
         config = RepaintConfig(raw=raw, out=out, options=options, workers=workers, progress=progress)
         summary = run_repaint(config)
         write_timings(timings, time.perf_counter() - started, summary.images)

@@ -1,147 +1,72 @@
-"""`segpic train`: train SegPIC (or the WACNN baseline) on image shards, optionally with mask shards."""
+"""`segpic train`: train SegPIC (or the WACNN baseline) on image shards, optionally with mask shards.
 
+Its options are the `TrainConfig` fields declared with `model.training.config.option`, built
+here from those declarations (name, help, where the default comes from), so a setting is
+added in one place; `--masks-root` alone is the command's own (how `--partition NAME` reads).
+"""
+
+import inspect
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 
+from model.training.config import RECORDED_SETTINGS, REQUIRED, TrainConfig, command_line_options, preset_config
 from pipeline.cli.errors import exit_on_user_error
 
-
-def _preset(help_text: str, kept: bool = True) -> str:
-    """`help_text` and where the option's default comes from: the --preset (values: README, "Train on cached
-    shards"), and (`kept`) on --resume the run's own."""
-    resumed = "; --resume: the run's" if kept else ""
-    return f"{help_text} [default: from --preset{resumed}]"
-
-
-def _kept(help_text: str, default: str) -> str:
-    """`help_text` of an option that a resumed run takes from its checkpoint when not given."""
-    return f"{help_text} [default: {default}; --resume: the run's]"
+MASKS_ROOT = inspect.Parameter(
+    "masks_root",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[Path | None, typer.Option("--masks-root", help="Folder of mask shard directories named by source.")],
+)
 
 
-def train(
-    out: Annotated[Path, typer.Option(help="Run directory: checkpoint.pt, metrics.json, live/ plots.")],
-    images: Annotated[
-        Path | None, typer.Option(help="Image shard directory (segpic ingest). [required; --resume: the run's]")
-    ] = None,
-    partition: Annotated[
-        str | None,
-        typer.Option(
-            help=_kept("'grid' (no masks), 'masks:DIR' (aligned mask shards) or NAME (= masks:MASKS_ROOT/NAME).", "grid")
-        ),
-    ] = None,
-    masks_root: Annotated[Path | None, typer.Option(help="Folder of mask shard directories named by source.")] = None,
-    preset: Annotated[
-        str | None, typer.Option(help=_kept("'paper' (published sizes) or 'tiny' (CPU smoke runs).", "paper"))
-    ] = None,
-    arch: Annotated[str | None, typer.Option(help=_preset("Architecture: segpic or wacnn."))] = None,
-    lmbda: Annotated[
-        float | None, typer.Option(help=_preset("Rate-distortion trade-off λ (loss = λ·255²·MSE + bpp)."))
-    ] = None,
-    crop: Annotated[int | None, typer.Option(help=_preset("Training crop size (multiple of 64)."))] = None,
-    batch_size: Annotated[int | None, typer.Option(help=_preset("Crops per step and process."))] = None,
-    steps: Annotated[
-        int | None, typer.Option(help=_preset("Optimiser steps to train to (counting resumed ones)."))
-    ] = None,
-    n: Annotated[int | None, typer.Option("--N", help=_preset("Width N of the 1/4- and 1/16-scale features."))] = None,
-    m: Annotated[int | None, typer.Option("--M", help=_preset("Width M of the latent y."))] = None,
-    lr: Annotated[float | None, typer.Option(help=_preset("Main Adam learning rate."))] = None,
-    aux_lr: Annotated[
-        float | None, typer.Option(help=_preset("Adam learning rate of the bottlenecks' quantiles."))
-    ] = None,
-    grid: Annotated[
-        int | None,
-        typer.Option(help=_preset("Prototype grid g (g×g regions) of the grid partition and of validation.")),
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help=_preset("Seed of initialisation, order and crops."))] = None,
-    workers: Annotated[
-        int | None, typer.Option(help=_preset("DataLoader worker processes (at most one per CPU core).", kept=False))
-    ] = None,
-    decoded_cache_mb: Annotated[
-        int | None, typer.Option(help=_preset("Decoded-image cache per loader process (MiB).", kept=False))
-    ] = None,
-    init: Annotated[
-        str | None,
-        typer.Option(
-            help=_kept(
-                "Warm start from this checkpoint's weights (fresh optimisers, step 0); {lmbda} in it stands for "
-                "the run's λ (tiny-grid-{lmbda}.pth.tar); empty: random initialisation.",
-                "none",
-            )
-        ),
-    ] = None,
-    val_images: Annotated[Path | None, typer.Option(help=_kept("Separate validation image shards.", "none"))] = None,
-    val_masks: Annotated[Path | None, typer.Option(help=_kept("Mask shards aligned with --val-images.", "none"))] = None,
-    val_count: Annotated[
-        int | None, typer.Option(help=_preset("Images held out for validation without --val-images."))
-    ] = None,
-    val_every: Annotated[int | None, typer.Option(help=_preset("Validate every this many steps."))] = None,
-    checkpoint_every: Annotated[
-        int | None, typer.Option(help=_preset("Write the resumable checkpoint every this many steps."))
-    ] = None,
-    log_every: Annotated[int | None, typer.Option(help=_preset("Log training means every this many steps."))] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt when it exists.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Delete the run already in OUT and start afresh.")] = False,
-    allow_change: Annotated[
-        list[str] | None,
-        typer.Option(help="With --resume: a setting that may differ from the checkpoint's (e.g. lr); repeatable."),
-    ] = None,
-    nproc: Annotated[int | None, typer.Option(help=_preset("Local processes (DDP); under torchrun leave at 1."))] = None,
-    device: Annotated[str | None, typer.Option(help=_preset("auto, cpu, cuda or cuda:N.", kept=False))] = None,
-    bf16: Annotated[bool, typer.Option(help="bf16 autocast; entropy models, GDN and likelihoods stay float32.")] = False,
-    channels_last: Annotated[bool, typer.Option(help="Channels-last memory layout for the network.")] = False,
-    compile: Annotated[bool, typer.Option(help="torch.compile the network (first steps pay the compilation).")] = False,
-    threads: Annotated[int | None, typer.Option(help=_preset("torch CPU threads per process.", kept=False))] = None,
-    live_dir: Annotated[Path | None, typer.Option(help="dvclive directory (default OUT/live).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-) -> None:
+def train(**options: Any) -> None:
     """Train with the published objective and write OUT/checkpoint.pt and OUT/metrics.json."""
-    from model.training.config import parse_partition, preset_config
     from model.training.resume import recorded_settings
     from model.training.trainer import train as run_training
 
     with exit_on_user_error():
-        config = preset_config(
-            preset,
-            images,
-            out,
-            recorded_settings(out) if resume else None,
-            partition=None if partition is None else parse_partition(partition, masks_root),
-            arch=arch,
-            lmbda=lmbda,
-            crop=crop,
-            batch_size=batch_size,
-            steps=steps,
-            N=n,
-            M=m,
-            lr=lr,
-            aux_lr=aux_lr,
-            grid=grid,
-            seed=seed,
-            num_workers=workers,
-            decoded_cache_mb=decoded_cache_mb,
-            init=Path(init) if init else None,
-            val_images=val_images,
-            val_masks=val_masks,
-            val_count=val_count,
-            val_every=val_every,
-            checkpoint_every=checkpoint_every,
-            log_every=log_every,
-            resume=resume,
-            overwrite=overwrite,
-            allow_changes=tuple(name.strip() for value in allow_change or () for name in value.split(",") if name.strip()),
-            nproc=nproc,
-            device=device,
-            bf16=bf16,
-            channels_last=channels_last,
-            compile=compile,
-            threads=threads,
-            live_dir=live_dir,
-            progress=progress,
-        )
-        summary = run_training(config)
-    if summary.get("already_finished"):
-        typer.echo(f"{config.out}: the run is already finished at step {summary['step']}; nothing changed")
+        out, resume = options.pop("out"), options["resume"]
+        recorded = recorded_settings(out) if resume else None
+        config = preset_config(options.pop("preset"), options.pop("images"), out, recorded, **options)
+        result = run_training(config)
+    if result.already_finished:
+        typer.echo(f"{config.out}: the run is already finished at step {result.step}; nothing changed")
         return
-    typer.echo(f"trained to step {summary['step']}: {config.checkpoint_path}")
+    typer.echo(f"trained to step {result.step}: {config.checkpoint_path}")
+
+
+def _help(name: str, help_text: str, help_default: str | None) -> str:
+    """The option's help, and where an omitted option's value comes from: the preset (values: README, "Train
+    on cached shards") or a fixed default, and on --resume the run's own when the checkpoint records it."""
+    if help_default is None:
+        return help_text
+    where = help_default if help_default == REQUIRED else f"default: {help_default}"
+    resumed = "; --resume: the run's" if name in RECORDED_SETTINGS else ""
+    return f"{help_text} [{where}{resumed}]"
+
+
+def _parameters() -> list[inspect.Parameter]:
+    """The command's options, one per declared `TrainConfig` field (then --masks-root after --partition)."""
+    hints = get_type_hints(TrainConfig)
+    without_default = {item.name for item in fields(TrainConfig) if item.default is MISSING and item.default_factory is MISSING}
+    parameters = []
+    for name, declared in command_line_options().items():
+        kind = declared.text or hints[name]
+        # A flag shows its own default; every other omitted option is None, which the preset or the run fills in.
+        # A field without a default whose help promises none (OUT) must be given.
+        required = name in without_default and declared.help_default is None
+        default = inspect.Parameter.empty if required else (getattr(TrainConfig, name) if kind is bool else None)
+        kind = kind if required or kind is bool else kind | None
+        names = () if kind is bool else (declared.name(name),)  # typer names a flag --NAME/--no-NAME itself
+        option = typer.Option(*names, help=_help(name, declared.help, declared.help_default))
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]))
+        if name == "partition":
+            parameters.append(MASKS_ROOT)
+    return parameters
+
+
+train.__signature__ = inspect.Signature(_parameters())

@@ -5,9 +5,9 @@ Exact mode repeats the predictor's steps on the same tensors (resize with its
 `Sam.postprocess_masks`), so masks equal stock AMG's. Fast mode runs the image encoder
 under bf16 autocast and every attention layer through `scaled_dot_product_attention`
 (the same softmax(q k^T / sqrt(d) + bias) v, fused), optionally with `torch.compile`, and
-decodes prompts with the image side computed once per crop (`sam_shared_decoder`), upscaling
+decodes prompts with the image side computed once per crop (`sam.shared_decoder`), upscaling
 masks only for prompts with a candidate that passes the predicted-IoU filter;
-how far its masks move from exact mode's is measured (`pipeline.generators.agreement`).
+how far its masks move from exact mode's is measured (`engine.agreement`).
 """
 
 import copy
@@ -22,8 +22,8 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling import image_encoder, transformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from pipeline.generators.prompt_models import PromptableSegmenter
-from pipeline.generators.sam_shared_decoder import decode_point_prompts, decode_prompt_tokens, upscale_masks
+from pipeline.generators.sam_family.engine.segmenter import PromptableSegmenter
+from pipeline.generators.sam_family.sam.shared_decoder import decode_point_prompts, decode_prompt_tokens, upscale_masks
 
 
 UPSCALE_PROMPTS = 64  # prompts upscaled together in fast mode: bounds the full-resolution activations' memory

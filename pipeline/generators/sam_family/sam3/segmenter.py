@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.generators.prompt_models import PromptableSegmenter
-from pipeline.generators.sam3_network import DeviceRedirect
+from pipeline.generators.sam_family.engine.segmenter import PromptableSegmenter
+from pipeline.generators.sam_family.sam3.network import DeviceRedirect
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ConceptMasks:
 
 
 class Sam3Segmenter(PromptableSegmenter):
-    """A built SAM 3 image model with instance interactivity (`sam3_network.load_sam3`)."""
+    """A built SAM 3 image model with instance interactivity (`sam3.network.load_sam3`)."""
 
     def __init__(self, model: torch.nn.Module, fast: bool = False) -> None:
         from sam3.model.sam3_image_processor import Sam3Processor  # heavy import, only with a network

@@ -8,7 +8,7 @@ partitions (`label_map_agreement`), which is what the masks stage finally stores
 import numpy as np
 import torch
 
-from pipeline.generators.prompt_models import PromptableSegmenter
+from pipeline.generators.sam_family.engine.segmenter import PromptableSegmenter
 
 UPSCALE_CHUNK = 64
 

@@ -38,32 +38,12 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
-from pipeline.generators.prompt_models import PromptableSegmenter
+from pipeline.generators.sam_family.amg_settings import AmgSettings
+from pipeline.generators.sam_family.engine.segmenter import PromptableSegmenter
 from pipeline.raw_mask_format import RawMasks, dense_raw_masks
 
 T = TypeVar("T")
 UPSCALE_ROWS = 192  # candidates upsampled to full size at once (stock's 64 points x 3): bounds memory in fast mode
-
-
-@dataclass(frozen=True)
-class AmgSettings:
-    """SamAutomaticMaskGenerator's settings, same names and defaults (ViT-H's)."""
-
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
-
-    def __post_init__(self) -> None:
-        if self.points_per_side < 1 or self.points_per_batch < 1:
-            raise ValueError(f"points_per_side and points_per_batch must be >= 1, got {self}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ arithmetic reordered:
   stride-2 transposed convolution has no overlapping taps), with `layer_norm` over channels.
 
 Equal to stock in real arithmetic, not bit for bit: fast mode's agreement with exact mode is
-measured (`pipeline.generators.agreement`), never assumed.
+measured (`engine.agreement`), never assumed.
 """
 
 import math

@@ -1,6 +1,6 @@
 """`sam`: Segment Anything's automatic masks (vit_h / vit_l / vit_b), turned into one label map.
 
-Masks come from the batched engine (`amg_engine.AmgEngine`) over `SamSegmenter`:
+Masks come from the batched engine (`engine.amg.AmgEngine`) over `SamSegmenter`:
 `mode=exact` (default) gives stock `SamAutomaticMaskGenerator`'s masks; `mode=fast` runs
 the encoder in bf16 with fused attention and (on a GPU) decodes all prompts of a crop at once
 (`compile=true` adds `torch.compile`); its agreement with exact mode is measured by
@@ -11,26 +11,23 @@ official file for `model` fetched into `cache_dir` and checked against its sha25
 benchmarks inject a model (`SamGenerator(config, rule, model=sam)`).
 """
 
-import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
-from pipeline.generators.amg_engine import AmgEngine, AmgSettings
 from pipeline.generators.base import register
-from pipeline.generators.sam_checkpoints import CheckpointContents, load_checked
-from pipeline.generators.sam_family import MODES, CheckpointGenerator, CheckpointSettings
-from pipeline.generators.sam_segmenter import SamSegmenter
-from pipeline.generators.sam_weights import SAM_WEIGHTS
-from pipeline.label_maps import LabelMapRule
-from pipeline.raw_mask_format import RawMasks
+from pipeline.generators.sam_family.amg_settings import AmgSettings
+from pipeline.generators.sam_family.checkpoint_generator import CheckpointSettings
+from pipeline.generators.sam_family.checkpoints import CheckpointContents, load_checked
+from pipeline.generators.sam_family.engine.generator import EngineGenerator
+from pipeline.generators.sam_family.sam.segmenter import SamSegmenter
+from pipeline.generators.sam_family.weights import SAM_WEIGHTS
 
 SAM_MODELS = ("vit_h", "vit_l", "vit_b")
+MODES = ("exact", "fast")
 
 
 @dataclass(frozen=True)
@@ -51,10 +48,6 @@ class SamConfig(AmgSettings, CheckpointSettings):
         if self.compile and self.mode != "fast":
             raise ValueError("compile=true needs mode=fast (compiled kernels change the arithmetic)")
 
-    @property
-    def amg_settings(self) -> AmgSettings:
-        return AmgSettings(**{field.name: getattr(self, field.name) for field in dataclasses.fields(AmgSettings)})
-
 
 def load_sam(checkpoint: Path, contents: CheckpointContents, device: torch.device) -> Sam:
     """Build the network the checkpoint holds with segment-anything's builder and load its weights safely (weights_only)."""
@@ -63,36 +56,20 @@ def load_sam(checkpoint: Path, contents: CheckpointContents, device: torch.devic
 
 
 @register
-class SamGenerator(CheckpointGenerator):
+class SamGenerator(EngineGenerator):
     """Coverage is the share of pixels some SAM mask covered; mean_iou averages SAM's predicted IoU."""
 
     name = "sam"
     Config = SamConfig
     weights_family = SAM_WEIGHTS
 
-    def __init__(self, config: SamConfig, rule: LabelMapRule = LabelMapRule(), model: Sam | None = None) -> None:
-        super().__init__(config, rule, model)
-        self._engine: AmgEngine | None = None
-
     @property
-    def engine(self) -> AmgEngine:
-        """Built on first use, so a driver that only needs `settings_hash` never holds the network."""
-        if self._engine is None:
-            config, fast = self.config, self.config.mode == "fast"
-            if self.injected is not None:
-                segmenter = SamSegmenter(self.injected, fast=fast, compile_encoder=config.compile, copy_model=True)
-            else:
-                sam = load_sam(self.checkpoint_path(), self.contents, self.device)
-                segmenter = SamSegmenter(sam, fast=fast, compile_encoder=config.compile, copy_model=False)
-            all_prompts = fast and self.device.type == "cuda"  # on a CPU one call's memory would grow with the grid
-            self._engine = AmgEngine(segmenter, config.amg_settings, image_batch=self.batch_size, all_prompts=all_prompts)
-        return self._engine
+    def fast(self) -> bool:
+        return self.config.mode == "fast"
 
-    def start(self) -> None:
-        self.engine  # builds the network now: an unreadable or mismatched checkpoint fails here, once
-
-    def regions(self, image: np.ndarray, image_id: str) -> RawMasks:
-        return self.regions_batch([image], [image_id])[0]
-
-    def regions_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[RawMasks]:
-        return self.engine.raw_masks(images)
+    def build_segmenter(self) -> SamSegmenter:
+        """An injected model is copied (fast mode patches its attention); a loaded one is patched in place."""
+        if self.injected is not None:
+            return SamSegmenter(self.injected, fast=self.fast, compile_encoder=self.config.compile, copy_model=True)
+        sam = load_sam(self.checkpoint_path(), self.contents, self.device)
+        return SamSegmenter(sam, fast=self.fast, compile_encoder=self.config.compile, copy_model=False)

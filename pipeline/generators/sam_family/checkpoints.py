@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.generators.sam_weights import WeightsFamily
+from pipeline.generators.sam_family.weights import WeightsFamily
 from pipeline.torch_files import read_torch_file
 
 SAM_PATCH_EMBED = "image_encoder.patch_embed.proj.weight"

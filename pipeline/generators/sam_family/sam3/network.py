@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from pipeline.generators.sam_checkpoints import read_state_dict
-from pipeline.generators.sam_weights import OfficialWeights, WeightsFamily
+from pipeline.generators.sam_family.checkpoints import read_state_dict
+from pipeline.generators.sam_family.weights import OfficialWeights, WeightsFamily
 
 VOCABULARY_FILE = "bpe_simple_vocab_16e6.txt.gz"
 DETECTOR_PREFIX = "detector."

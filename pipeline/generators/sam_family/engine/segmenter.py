@@ -1,9 +1,9 @@
 """The network side of automatic masks: what the batched engine needs from a SAM-family model.
 
-`pipeline.generators.amg_engine` makes SAM's automatic masks (point grid, filters, NMS,
-crops, label map) for any network behind `PromptableSegmenter`; adapters wrap SAM 1
-(`sam_segmenter.SamSegmenter`), SAM 2.1 and SAM 3. The engine only ever calls the methods
-below, so an adapter decides how its network batches, casts and places tensors.
+`engine.amg` makes SAM's automatic masks (point grid, filters, NMS, crops) for any network
+behind `PromptableSegmenter`; two adapters implement it, SAM 1's (`sam.segmenter.SamSegmenter`)
+and SAM 3's (`sam3.segmenter.Sam3Segmenter`). The engine only ever calls the methods below,
+so an adapter decides how its network batches, casts and places tensors.
 
 Contract details the engine relies on (adapters must keep them):
 - `embed` gets crops of any sizes in one call and must return embeddings in the same order;
@@ -18,11 +18,11 @@ Contract details the engine relies on (adapters must keep them):
   it must treat every mask independently (as bilinear resizing does); it gets at most 192
   candidates per call.
 
-How a generator uses it (see `sam.py`): `AmgEngine(segmenter, AmgSettings(...), image_batch=n,
-fast=...)`, then `engine.raw_masks(images)` in `regions_batch` (or `engine.masks(images)`
-for the masks themselves, on the device). `sam_family.CheckpointGenerator` / `CheckpointSettings` give the
-checkpoint, sha256 identity, device and batch-size handling; register the generator lazily in
-`pipeline/generators/__init__.py` with `register_lazy(name, module)` so the CLI starts without torch.
+A generator on the engine subclasses `engine.generator.EngineGenerator` and returns its adapter
+from `build_segmenter`; the base builds `AmgEngine(segmenter, config, image_batch=n,
+all_prompts=...)` on first use and calls `engine.raw_masks(images)` in `regions_batch`
+(`engine.masks(images)` gives the masks themselves, on the device, as `sam3`'s concepts
+mode uses them).
 """
 
 from abc import ABC, abstractmethod
@@ -33,7 +33,7 @@ import torch
 
 
 class PromptableSegmenter(ABC):
-    """A SAM-family network as the batched automatic-mask engine sees it (SAM 1, SAM 2.1, SAM 3 adapters)."""
+    """A SAM-family network as the batched automatic-mask engine sees it (the SAM 1 and SAM 3 adapters)."""
 
     mask_threshold: float  # logit above which a pixel is in the mask (SAM: 0.0)
     device: torch.device

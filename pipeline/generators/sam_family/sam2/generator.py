@@ -3,7 +3,10 @@
 The network is built from the package's own SAM 2.1 configs with `build_sam2` (no
 post-processing overrides, as the official automatic-mask example does) and masks come
 from its `SAM2AutomaticMaskGenerator`, one image at a time, with their predicted IoUs and
-stability scores; they become a partition by the same `pipeline.label_maps` rule as `sam`. One change to the package's AMG: its
+stability scores; they become a partition by the same `pipeline.label_maps` rule as `sam`.
+It does not run on the batched engine: that AMG has steps the engine lacks (`use_m2m`,
+`multimask_output=false`), and no adapter has been shown to give its masks mask for mask
+(`pipeline.generators.sam_family`). One change to the package's AMG: its
 predictor's low-resolution hole and sprinkle filling (enabled by `min_mask_region_area`)
 needs the optional CUDA extension and silently does nothing without it, so it is turned
 off and masks do not depend on how the package was built; `min_mask_region_area` still
@@ -23,11 +26,11 @@ from sam2.build_sam import build_sam2
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from pipeline.generators.amg_engine import AmgSettings
 from pipeline.generators.base import register
-from pipeline.generators.sam_checkpoints import CheckpointContents, load_checked
-from pipeline.generators.sam_family import CheckpointGenerator, CheckpointSettings
-from pipeline.generators.sam_weights import SAM21_WEIGHTS
+from pipeline.generators.sam_family.amg_settings import AmgSettings
+from pipeline.generators.sam_family.checkpoint_generator import CheckpointGenerator, CheckpointSettings
+from pipeline.generators.sam_family.checkpoints import CheckpointContents, load_checked
+from pipeline.generators.sam_family.weights import SAM21_WEIGHTS
 from pipeline.label_maps import LabelMapRule
 from pipeline.raw_mask_format import RawMasks, dense_raw_masks
 

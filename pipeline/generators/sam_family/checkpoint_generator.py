@@ -1,8 +1,8 @@
-"""What the SAM-family generators (`sam`, `sam2`) share: weights, device, batch size and their settings.
+"""What every SAM-family generator (`sam`, `sam2`, `sam3`) shares: weights, device, batch size and their settings.
 
 Each loads its network from a checkpoint on first use (a driver that only needs
 `settings_hash` never holds it) or takes an injected model (tests, benchmarks). What the
-checkpoint holds is read from its tensors when the generator is built (`sam_checkpoints`):
+checkpoint holds is read from its tensors when the generator is built (`checkpoints`):
 a file of another family or size stops the run before anything is written, and a `model`
 left out is taken from the file and recorded in the settings. Settings name the weights by
 sha256; where the file lives, the device and the batch size are left out because they do
@@ -16,12 +16,11 @@ from typing import Any, ClassVar
 import torch
 
 from pipeline.generators.base import MaskGenerator
-from pipeline.generators.sam_checkpoints import CheckpointContents, checked_model, identify_checkpoint
-from pipeline.generators.sam_weights import WeightsFamily, resolve_checkpoint, weights_sha256
+from pipeline.generators.sam_family.checkpoints import CheckpointContents, checked_model, identify_checkpoint
+from pipeline.generators.sam_family.weights import WeightsFamily, resolve_checkpoint, weights_sha256
 from pipeline.label_maps import LabelMapRule
 
 GPU_BATCH = 4  # images per encoder batch on a GPU; vit_h at 4 stays far below 24 GB
-MODES = ("exact", "fast")
 
 
 @dataclass(frozen=True)
@@ -55,19 +54,20 @@ class CheckpointGenerator(MaskGenerator):
     weights_family: ClassVar[WeightsFamily]
     keeps_raw_masks = True  # the network pass is the expensive step: keep what it found
 
-    def __init__(self, config: Any, rule: LabelMapRule, injected: torch.nn.Module | None) -> None:
+    def __init__(self, config: Any, rule: LabelMapRule = LabelMapRule(), model: torch.nn.Module | None = None) -> None:
+        """`model`: a network to use instead of the checkpoint's (tests and benchmarks inject one)."""
         super().__init__(config, rule)
-        self.injected = injected
+        self.injected = model
         self.contents: CheckpointContents | None = None
-        if injected is not None:
+        if model is not None:
             self.checkpoint, self._weights = None, "injected"
-            self.device = next(injected.parameters()).device
+            self.device = next(model.parameters()).device
         else:
             self.checkpoint = resolve_checkpoint(self.weights_family, config.model, config.checkpoint, config.cache_dir, config.sha256)
             self.contents = identify_checkpoint(self.checkpoint)
-            model = checked_model(self.checkpoint, self.contents, self.name, self.weights_family, config.model)
+            size = checked_model(self.checkpoint, self.contents, self.name, self.weights_family, config.model)
             if any(field.name == "model" for field in fields(config)):  # SAM 3 has a single model and no such setting
-                self.config = replace(config, model=model)
+                self.config = replace(config, model=size)
             self._weights = {"sha256": weights_sha256(self.checkpoint)}
             self.device = pick_device(config.device)
 

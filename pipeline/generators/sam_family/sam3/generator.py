@@ -3,7 +3,7 @@
 - `mode=points` (default): "segment everything" as SAM 1's automatic mask generator does it
   (point grid, crops, predicted-IoU and stability filters, NMS, `min_mask_region_area`), over
   SAM 3's instance-interactive predictor (`predict_inst`), on the batched engine
-  (`amg_engine.AmgEngine`) shared with `sam`; only the adapter (`sam3_segmenter`) differs.
+  (`engine.amg.AmgEngine`) shared with `sam`; only the adapter (`sam3.segmenter`) differs.
 - `mode=concepts`: SAM 3's concept segmentation, once per text prompt of `prompts`
   (comma-separated noun phrases; the default names broad kinds of things and ends with
   "object"). Instances scoring above `confidence_threshold` are ranked by score and kept as
@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.generators.amg_engine import AmgEngine, AmgSettings
 from pipeline.generators.base import register
-from pipeline.generators.sam3_network import SAM3_WEIGHTS, check_checkpoint, check_vocabulary, clip_vocabulary, load_sam3
-from pipeline.generators.sam3_segmenter import Sam3Segmenter
-from pipeline.generators.sam_family import CheckpointGenerator, CheckpointSettings
+from pipeline.generators.sam_family.amg_settings import AmgSettings
+from pipeline.generators.sam_family.checkpoint_generator import CheckpointSettings
+from pipeline.generators.sam_family.engine.generator import EngineGenerator
+from pipeline.generators.sam_family.sam3.network import SAM3_WEIGHTS, check_checkpoint, check_vocabulary, clip_vocabulary, load_sam3
+from pipeline.generators.sam_family.sam3.segmenter import Sam3Segmenter
 from pipeline.label_maps import LabelMapRule
 from pipeline.manifest import file_sha256
 from pipeline.raw_mask_format import RawMasks, dense_raw_masks
@@ -69,20 +70,16 @@ class Sam3Config(AmgSettings, CheckpointSettings):
 
     @property
     def model(self) -> str:
-        """SAM 3 has one released image model (its official file: `sam3_network.SAM3_WEIGHTS`)."""
+        """SAM 3 has one released image model (its official file: `sam3.network.SAM3_WEIGHTS`)."""
         return "sam3"
 
     @property
     def prompt_list(self) -> tuple[str, ...]:
         return tuple(prompt.strip() for prompt in self.prompts.split(",") if prompt.strip())
 
-    @property
-    def amg_settings(self) -> AmgSettings:
-        return AmgSettings(**{name: getattr(self, name) for name in AMG_FIELDS})
-
 
 @register
-class Sam3Generator(CheckpointGenerator):
+class Sam3Generator(EngineGenerator):
     """SAM 3 masks; coverage is the share of pixels some mask covered."""
 
     name = "sam3"
@@ -95,23 +92,14 @@ class Sam3Generator(CheckpointGenerator):
         self._vocabulary_sha256 = file_sha256(self.vocabulary)
         if model is None:
             check_checkpoint(self.checkpoint_path(), self.vocabulary)
-        self._segmenter: Sam3Segmenter | None = None
-        self._engine: AmgEngine | None = None
 
     @property
-    def segmenter(self) -> Sam3Segmenter:
-        """Loaded on first use, so a driver that only needs `settings_hash` never holds the network."""
-        if self._segmenter is None:
-            network = self.injected if self.injected is not None else load_sam3(self.checkpoint_path(), self.vocabulary, self.device)
-            self._segmenter = Sam3Segmenter(network, fast=self.config.fast)
-        return self._segmenter
+    def fast(self) -> bool:
+        return self.config.fast
 
-    @property
-    def engine(self) -> AmgEngine:
-        if self._engine is None:
-            all_prompts = self.config.fast and self.device.type == "cuda"  # on a CPU one call's memory would grow with the grid
-            self._engine = AmgEngine(self.segmenter, self.config.amg_settings, image_batch=self.batch_size, all_prompts=all_prompts)
-        return self._engine
+    def build_segmenter(self) -> Sam3Segmenter:
+        network = self.injected if self.injected is not None else load_sam3(self.checkpoint_path(), self.vocabulary, self.device)
+        return Sam3Segmenter(network, fast=self.config.fast)
 
     def identity(self) -> dict[str, Any]:
         """The weights' and the text vocabulary's sha256 (the vocabulary decides how prompts are read)."""
@@ -129,12 +117,9 @@ class Sam3Generator(CheckpointGenerator):
             return CONCEPT_FIELDS
         return () if self.config.fill_with_points else AMG_FIELDS
 
-    def regions(self, image: np.ndarray, image_id: str) -> RawMasks:
-        return self.regions_batch([image], [image_id])[0]
-
     def regions_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[RawMasks]:
         if self.config.mode == "points":
-            return self.engine.raw_masks(images)
+            return super().regions_batch(images, image_ids)
         return [self._concept_masks(image) for image in images]
 
     def _concept_masks(self, image: np.ndarray) -> RawMasks:
