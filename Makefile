@@ -32,7 +32,7 @@ repro: setup
 
 # The default study's warm starts, data/warm_start/tiny-grid-<λ>.pth.tar (see its README): the tiny preset on the
 # `sample` photos, grid partition, trained at λ=0.18 (above the study's λs, so every start lowers its rate), then
-# at each λ of params.yaml's train.lambdas. About three hours on a 2-core CPU (bf16 autocast where the CPU has it);
+# at each λ of params.yaml's train.lambdas. About 80 minutes on a 2-core CPU (bf16 autocast where the CPU has it);
 # the runs stay in build/warm-start.
 WARM_START_WORK := build/warm-start
 WARM_START_BASE_LAMBDA := 0.18
