@@ -1,5 +1,5 @@
-"""The data-stage commands: quick to start (no model, no CompressAI), settings from a params file,
-timings kept out of the shard directories."""
+"""The data-stage commands: quick to start (no torch, no CompressAI, none of the codec), settings from a
+params file, timings kept out of the shard directories."""
 
 import json
 import subprocess
@@ -16,7 +16,10 @@ from pipeline.manifest import MANIFEST_NAME, MANIFEST_VERSION, read_manifest
 from pipeline.sample import sample_photo_paths
 from pipeline.shards import read_rows
 
-HEAVY_PACKAGES = {"compressai", "model", "torch"}
+HEAVY_PACKAGES = {"compressai", "torch"}
+# `segpic train`'s options are declared once, on `model.training.config.TrainConfig` (standard library only),
+# and every command's options are built at start-up: that module and its packages are all of `model` allowed.
+TRAINING_OPTIONS = {"model", "model.training", "model.training.config"}
 IMPORTS_AFTER = """
 import sys
 from pipeline.cli import app
@@ -24,8 +27,10 @@ try:
     app(sys.argv[1:])
 except SystemExit as exit:
     assert not exit.code, exit.code
-print(",".join(sorted({{name.split(".")[0] for name in sys.modules}} & {heavy!r})))
-""".format(heavy=HEAVY_PACKAGES)
+heavy = {{name.split(".")[0] for name in sys.modules}} & {heavy!r}
+codec = {{name for name in sys.modules if name.split(".")[0] == "model"}} - {options!r}
+print(",".join(sorted(heavy | codec)))
+""".format(heavy=HEAVY_PACKAGES, options=TRAINING_OPTIONS)
 
 
 def imports_after(args: list[str], cwd: Path) -> str:
