@@ -138,7 +138,10 @@ def _interval_cell(interval: Interval, digits: int) -> str:
 
 
 def verdict_line(row: ComparisonRow, metric: str, anchor: str, anchor_label: str) -> str | None:
-    """'felzenszwalb vs grid, PSNR: BD-rate -3.1 % [-5.0, -1.2]: fewer bits; BD-PSNR ...', or None without a value."""
+    """'felzenszwalb vs grid, PSNR: BD-rate -3.1 % [-5.0, -1.2]: fewer bits; BD-PSNR ...', or None without a value.
+
+    Resamples left out of the interval are counted at the end of the line, as they are in the JSON.
+    """
     result, uncertainty = row.results[metric], row.uncertainty.get(metric)
     if result.bd_rate_percent is None or row.curve == anchor or uncertainty is None:
         return None
@@ -150,7 +153,8 @@ def verdict_line(row: ComparisonRow, metric: str, anchor: str, anchor_label: str
     ):
         bounds = _interval_cell(interval, 2 if unit == " %" else 3)
         parts.append(f"{name} {value:+.{2 if unit == ' %' else 3}f}{unit}" + (f" {bounds}: {judged}" if bounds else ""))
-    reason = "" if uncertainty.bd_rate.low is not None else f" (no interval: {uncertainty.bd_rate.note})"
+    note = uncertainty.bd_rate.note
+    reason = f" (no interval: {note})" if uncertainty.bd_rate.low is None else f" ({note})" if note else ""
     return f"{row.label} vs {anchor_label}, {title}: " + "; ".join(parts) + reason
 
 

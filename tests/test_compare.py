@@ -184,6 +184,27 @@ def test_bootstrap_interval_covers_the_known_answer_and_says_fewer_bits(tmp_path
     assert "akima Bjøntegaard fit" in markdown and "synthetic (12 images)" in markdown
 
 
+def test_resamples_without_a_valid_fit_are_counted_in_the_table_and_json(tmp_path):
+    # One image of twelve loses 1.2 dB between the two highest λs where the others gain 0.5: the mean curve rises
+    # unless a resample draws that image 4 times or more (about 1 % of resamples), so a few are left out.
+    images = 12
+    bpp = np.array([0.15, 0.3, 0.6, 1.0])[:, None] * np.ones(images)[None, :]
+    psnr = np.array([27.0, 29.5, 32.0, 32.5])[:, None] * np.ones(images)[None, :]
+    psnr[3, 0] = 30.8
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    write_eval(folder / "grid.json", "grid", bpp, np.array([26.5, 29.0, 31.5, 33.0])[:, None] * np.ones(images)[None, :])
+    write_eval(folder / "sam.json", "sam", bpp, psnr)
+    outputs = run_comparison(CompareConfig((str(folder),), "grid", tmp_path / "out"))
+    interval = {row.curve: row for row in outputs.rows}["sam"].uncertainty["psnr"].bd_rate
+    assert interval.low is not None and 950 <= interval.valid < 1000
+    note = f"{1000 - interval.valid} of 1000 resamples had no valid fit and are left out"
+    assert interval.note == note
+    assert f"higher quality ({note})\n" in (tmp_path / "out" / "bdrate.md").read_text()
+    sam = next(r for r in json.loads((tmp_path / "out" / "bdrate.json").read_text())["rows"] if r["curve"] == "sam")
+    assert sam["uncertainty"]["psnr"]["resamples_used"] == interval.valid and sam["uncertainty"]["psnr"]["note"] == note
+
+
 def test_the_bootstrap_is_reproducible_for_a_seed_and_moves_with_another(tmp_path):
     folder = study_files(tmp_path)
 
