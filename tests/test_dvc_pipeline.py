@@ -3,7 +3,7 @@
 The study repository holds its own copy of the code and of the committed warm starts, which
 its stages run (PYTHONPATH), so editing a module there is what it would be in the project:
 DVC sees the declared code change. It trains on three sample photos and is evaluated on
-five others (the study's own held-out kind), at the default study's λ values.
+five others (the study's own held-out kind), at three of the default study's λ values.
 """
 
 import json
@@ -66,7 +66,7 @@ def study(tmp_path_factory) -> Path:
     params["ingest"]["source"] = str(repo / "photos")
     params["eval"]["source"] = str(repo / "held-out")
     params["masks"]["generators"] = [SOURCE]
-    params["train"].update(steps=3, batch=2, val_count=1)
+    params["train"].update(lambdas=LAMBDAS, steps=3, batch=2, val_count=1)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.name", "test"], repo)
