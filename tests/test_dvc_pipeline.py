@@ -279,7 +279,8 @@ def test_the_comparison_gives_bd_values_with_intervals(study):
 
 @pytest.mark.slow
 def test_switching_mask_sources_leaves_the_old_source_out_of_the_comparison(study, tmp_path):
-    """felzenszwalb -> coco-panoptic: its curve and masks stay in data/, but not in the study's tables (run last)."""
+    """felzenszwalb -> coco-panoptic, and the study cut to one λ: the earlier curve, masks and runs stay in data/,
+    but not in the study's tables (run last)."""
     panoptic = tmp_path / "panoptic"
     panoptic.mkdir()
     for photo in (study / "photos").iterdir():
@@ -290,12 +291,16 @@ def test_switching_mask_sources_leaves_the_old_source_out_of_the_comparison(stud
     def switch(params):
         params["masks"]["generators"] = ["coco-panoptic"]
         params["masks"]["settings"]["coco-panoptic"] = {"panoptic_dir": str(panoptic)}
+        params["train"]["lambdas"] = LAMBDAS[:1]
 
     edit_params(study, switch)
     output = run(["dvc", "repro"], study)
     assert {f"masks@coco-panoptic", f"eval@coco-panoptic", "compare"} <= stages_run(output)
     assert (study / "data" / "eval" / f"{SOURCE}.json").is_file() and (study / "data" / "masks" / SOURCE).is_dir()
     assert f"left out data/eval/{SOURCE}.json: {SOURCE} is not in params.yaml:masks.generators" in output
+    for lmbda in LAMBDAS[1:]:
+        assert f"left out data/train/grid/{lmbda}: {lmbda} is not in params.yaml:train.lambdas" in output
+    assert [entry["lmbda"] for entry in json.loads((study / "data" / "eval" / "grid.json").read_text())["checkpoints"]] == LAMBDAS[:1]
     table = json.loads((study / "data" / "compare" / "bdrate.json").read_text())
     assert [row["curve"] for row in table["rows"]] == ["coco-panoptic", "grid"]
     assert SOURCE not in (study / "data" / "compare" / "bdrate.md").read_text()
