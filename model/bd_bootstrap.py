@@ -72,7 +72,8 @@ def _weighted_means(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return totals / weights
 
 
-def _no_interval(note: str) -> tuple[Interval, Interval]:
+def no_interval(note: str) -> tuple[Interval, Interval]:
+    """The (BD-rate, BD-quality) pair of intervals that are not there, both saying why."""
     return Interval(None, None, 0, note), Interval(None, None, 0, note)
 
 
@@ -81,10 +82,10 @@ def bootstrap_bd(
 ) -> tuple[Interval, Interval]:
     """95 % intervals of (BD-rate %, BD-quality) of `test` against `anchor`, resampling images."""
     if anchor.images != test.images:
-        return _no_interval("the two curves were evaluated on different images")
+        return no_interval("the two curves were evaluated on different images")
     count = len(anchor.images)
     if count < MIN_IMAGES:
-        return _no_interval(f"{count} images; an interval needs at least {MIN_IMAGES}")
+        return no_interval(f"{count} images; an interval needs at least {MIN_IMAGES}")
     rng = np.random.default_rng(settings.seed)
     counts = rng.multinomial(count, np.full(count, 1 / count), size=settings.resamples).astype(float)
     means = [
@@ -104,7 +105,7 @@ def bootstrap_bd(
         qualities.append(quality)
     failed = settings.resamples - len(rates)
     if failed > MAX_FAILED_SHARE * settings.resamples:
-        return _no_interval(
+        return no_interval(
             f"{failed} of {settings.resamples} resamples of the {count} images give curves with no valid fit "
             f"(more than {MAX_FAILED_SHARE:.0%}): too few images or too close curves for an interval"
         )

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.bd_bootstrap import BootstrapSettings, Interval, bootstrap_bd, verdict
+from model.bd_bootstrap import BootstrapSettings, Interval, bootstrap_bd, no_interval, verdict
 from model.bdrate import DEFAULT_METHOD, DEFAULT_MIN_OVERLAP, METHODS, BDError, bd_quality_of, bd_rate_of, rd_points
 from model.rd_curves import QUALITY_METRICS, RDCurve, is_reference, load_curve
 from model.rd_plot import plot_curves
@@ -61,7 +61,7 @@ def _bounds(interval: Interval) -> list[float] | None:
 
 
 def _without(note: str) -> Uncertainty:
-    return Uncertainty(Interval(None, None, 0, note), Interval(None, None, 0, note))
+    return Uncertainty(*no_interval(note))
 
 
 @dataclass(frozen=True)
